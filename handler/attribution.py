@@ -1,0 +1,210 @@
+"""Layer Integrated Gradients on the embedding layer, against an all-padding reference.
+
+Two engines compute the same quantity:
+
+* ``captum``: Captum's ``LayerIntegratedGradients`` -- the reference implementation, and the
+  engine for any model the shortcut below does not apply to.
+* ``fast``: structure-aware and exact, for :class:`~handler.model.SentimentCNN`.
+
+Why the fast engine is exact. Along the path e(a) = e0 + a * (e - e0) the conv pre-activations
+are P0 + a * A with A = conv(e - e0) (no bias). The reference is one token repeated, so every
+window of e0 is the same and P0 = p0 is constant over time. Hence for a > 0 the max-pool winner
+of channel f is argmax_t A[f, t] -- the *same* window at every step -- and the only thing that
+changes along the path is whether ReLU(p0 + a * M) is on, M = max_t A[f, t]. The integral of the
+gradient therefore collapses, per channel, to a scalar weight on one window:
+
+    G[f, t*] = w_fc[f] * sum_k c_k * 1{p0 + a_k * M > 0}          (quadrature with nodes a_k, c_k)
+    G[f, t*] = w_fc[f] * |{a in [0, 1] : p0 + a * M > 0}|         (``method="exact"``: the integral)
+
+and the summed gradient w.r.t. the embedding is one transposed convolution of G. No step's
+activations are ever materialised; cost is one forward and one backward pass whatever the steps.
+Ties (identical windows) share the gradient equally, as ``amax``'s backward does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerIntegratedGradients, TokenReferenceBase
+from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
+
+from handler.model import SentimentCNN, window_mask
+
+EXACT = "exact"
+METHODS = tuple(SUPPORTED_METHODS) + (EXACT,)
+ENGINES = ("fast", "captum")
+
+
+@dataclass(frozen=True)
+class IGSettings:
+    engine: str = "fast"
+    method: str = "gausslegendre"
+    n_steps: int = 50
+    adaptive: bool = False  # raise steps (doubling) per review until the relative delta <= rtol
+    rtol: float = 1e-3
+    max_steps: int = 1024
+    # Rows per chunk are sized so one chunk's activations stay within this many floats.
+    chunk_elements: int = 4_000_000
+    internal_batch_size: int | None = None  # captum engine only
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}")
+        if self.method == EXACT and self.engine != "fast":
+            raise ValueError("method 'exact' needs the fast engine")
+        if not 2 <= self.n_steps <= self.max_steps:
+            raise ValueError(f"n_steps must be in [2, {self.max_steps}]")
+
+
+@dataclass
+class Attribution:
+    attributions: torch.Tensor  # [B, T] summed over the embedding dimension, not normalised
+    delta: torch.Tensor  # [B] sum(attributions) - (F(input) - F(reference)), Captum's definition
+    logits: torch.Tensor  # [B] F(input)
+    ref_logits: torch.Tensor  # [B] F(reference)
+    n_steps: torch.Tensor  # [B] steps used; 0 for the exact integral
+    method: str
+    engine: str
+
+    def relative_delta(self) -> torch.Tensor:
+        """|delta| / |F(input) - F(reference)|, the convergence measure used for adaptivity."""
+        return self.delta.abs() / (self.logits - self.ref_logits).abs().clamp_min(1e-12)
+
+
+def reference_ids(ids: torch.Tensor, pad_idx: int) -> torch.Tensor:
+    """[B, T] all-padding reference, as in the tutorial (``TokenReferenceBase``)."""
+    ref = TokenReferenceBase(reference_token_idx=pad_idx).generate_reference(ids.shape[1], device=ids.device)
+    return ref.unsqueeze(0).expand_as(ids)
+
+
+@lru_cache(maxsize=64)
+def quadrature(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(alphas, weights) of Captum's rule, cached: Captum recomputes them at every call."""
+    step_sizes, alphas = approximation_parameters(method)
+    return tuple(alphas(n_steps)), tuple(step_sizes(n_steps))
+
+
+def fast_engine_applies(model: torch.nn.Module) -> bool:
+    return isinstance(model, SentimentCNN) and model.config.output_dim == 1
+
+
+def layer_ig(model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor, settings: IGSettings) -> Attribution:
+    """Attribute each row of ``ids`` [B, T]; falls back to Captum where the fast engine does not apply."""
+    if settings.engine == "fast" and not fast_engine_applies(model):
+        settings = replace(settings, engine="captum", method="gausslegendre" if settings.method == EXACT else settings.method)
+    out = _run(model, ids, lengths, settings, settings.n_steps)
+    if not settings.adaptive or settings.method == EXACT:
+        return out
+    steps = settings.n_steps
+    todo = _unconverged(out, settings.rtol)
+    while todo.any() and steps < settings.max_steps:
+        steps = min(2 * steps, settings.max_steps)
+        rows = todo.nonzero().squeeze(1)
+        width = int(lengths[rows].max())
+        redo = _run(model, ids[rows, :width], lengths[rows], settings, steps)
+        out.attributions[rows] = 0.0
+        out.attributions[rows, :width] = redo.attributions
+        for name in ("delta", "logits", "ref_logits", "n_steps"):
+            getattr(out, name)[rows] = getattr(redo, name)
+        todo = _unconverged(out, settings.rtol)
+    return out
+
+
+def _unconverged(out: Attribution, rtol: float) -> torch.Tensor:
+    return (out.relative_delta() > rtol) & (out.delta.abs() > 1e-6)
+
+
+def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
+    """Length-bucketed chunks: a short review is never padded to the batch's longest one."""
+    order = torch.argsort(lengths)
+    b, t = ids.shape
+    rows_per_chunk = max(1, settings.chunk_elements // (max(t, 1) * _row_cost(model)))
+    attributions = torch.zeros(b, t, device=ids.device)
+    parts = []
+    for start in range(0, b, rows_per_chunk):
+        rows = order[start : start + rows_per_chunk]
+        width = int(lengths[rows].max())
+        fn = _fast if settings.engine == "fast" else _captum
+        res = fn(model, ids[rows, :width], lengths[rows], settings.method, n_steps, settings.internal_batch_size)
+        attributions[rows, :width] = res.attributions
+        parts.append((rows, res))
+    out = Attribution(attributions, *(torch.empty(b, device=ids.device) for _ in range(3)),
+                      n_steps=torch.full((b,), 0 if settings.method == EXACT else n_steps, device=ids.device),
+                      method=settings.method, engine=settings.engine)
+    for rows, res in parts:
+        out.delta[rows], out.logits[rows], out.ref_logits[rows] = res.delta, res.logits, res.ref_logits
+    return out
+
+
+def _row_cost(model) -> int:
+    """Floats of activations per token of one row (channels of all convs plus the embedding)."""
+    if isinstance(model, SentimentCNN):
+        return 3 * len(model.convs) * model.config.n_filters + 2 * model.config.embedding_dim
+    return 1024
+
+
+def _captum(model, ids, lengths, method, n_steps, internal_batch_size) -> Attribution:
+    """Captum's LayerIntegratedGradients; runs with autograd on even inside TorchServe's inference_mode."""
+    with torch.inference_mode(False), torch.enable_grad():
+        ids, lengths = ids.clone(), lengths.clone()  # inference tensors cannot be saved for backward
+        ref = reference_ids(ids, model.embedding.padding_idx)
+        lig = LayerIntegratedGradients(model, model.embedding)
+        attr, delta = lig.attribute(ids, ref, additional_forward_args=(lengths,), n_steps=n_steps,
+                                    method=method, internal_batch_size=internal_batch_size,
+                                    return_convergence_delta=True)
+        with torch.no_grad():
+            logits, ref_logits = model(ids, lengths), model(ref, lengths)
+    return Attribution(attr.sum(dim=2).detach(), delta.detach(), logits, ref_logits, None, method, "captum")
+
+
+@torch.no_grad()
+def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_size=None) -> Attribution:
+    ref = reference_ids(ids, model.embedding.padding_idx)
+    emb = model.embedding(ids)  # [B, T, E]
+    emb0 = model.embedding(ref)  # [B, T, E]
+    diff_t = (emb - emb0).transpose(1, 2)  # [B, E, T]
+    w_fc = model.fc.weight[0].split(model.config.n_filters)  # len(fs) x [F]
+    grad = torch.zeros_like(diff_t)  # [B, E, T] gradient summed (weighted) over the steps
+    for conv, w_out in zip(model.convs, w_fc):
+        fs = conv.kernel_size[0]
+        w = conv.weight.squeeze(1).transpose(1, 2)  # [F, E, fs]: Conv2d(1, F, (fs, E)) as Conv1d
+        p0 = F.conv1d(emb0[:1, :fs].transpose(1, 2), w, conv.bias)[0, :, 0]  # [F] same for every window
+        a = F.conv1d(diff_t, w)  # [B, F, T - fs + 1]
+        valid = window_mask(lengths, fs, a.shape[2]).unsqueeze(1)  # [B, 1, T']
+        a = a.masked_fill(~valid, float("-inf"))
+        m = a.amax(dim=2, keepdim=True)  # [B, F, 1]
+        winners = (a == m).to(a.dtype)  # [B, F, T'] ties share the gradient, as amax's backward
+        on = _time_on(p0.view(1, -1, 1), m, method, n_steps)  # [B, F, 1] weighted length of ReLU "on"
+        g = winners / winners.sum(dim=2, keepdim=True) * (on * w_out.view(1, -1, 1))
+        if method != EXACT:
+            a0, c0 = quadrature(method, n_steps)[0][0], quadrature(method, n_steps)[1][0]
+            if a0 == 0.0:  # at alpha = 0 every valid window ties (all equal p0): amax splits evenly
+                even = valid.to(a.dtype) / valid.sum(dim=2, keepdim=True)
+                g = g + even * (c0 * (p0 > 0).to(a.dtype) * w_out).view(1, -1, 1)
+        grad += F.conv_transpose1d(g, w)  # [B, E, T]
+    attributions = (diff_t * grad).sum(dim=1)  # [B, T]
+    logits = model.forward_embedded(emb, lengths)
+    ref_logits = model.forward_embedded(emb0, lengths)
+    delta = attributions.sum(dim=1) - (logits - ref_logits)
+    return Attribution(attributions, delta, logits, ref_logits, None, method, "fast")
+
+
+def _time_on(p0: torch.Tensor, m: torch.Tensor, method: str, n_steps: int) -> torch.Tensor:
+    """Weighted measure of the alphas in (0, 1] where ReLU(p0 + alpha * m) is on."""
+    if method == EXACT:
+        # p0 + a*m > 0  <=>  a > -p0/m (m > 0)  or  a < -p0/m (m < 0)  or  p0 > 0 (m == 0)
+        root = (-p0 / m).nan_to_num(0.0, posinf=2.0, neginf=-1.0)
+        rising = (1.0 - root.clamp(0.0, 1.0))
+        falling = root.clamp(0.0, 1.0)
+        flat = (p0 > 0).to(m.dtype).expand_as(m)
+        return torch.where(m > 0, rising, torch.where(m < 0, falling, flat))
+    alphas, weights = quadrature(method, n_steps)
+    a = torch.tensor(alphas, dtype=m.dtype, device=m.device)
+    c = torch.tensor(weights, dtype=m.dtype, device=m.device)
+    c = torch.where(a > 0, c, torch.zeros_like(c))  # alpha = 0 is handled by the caller (all windows tie)
+    on = (p0.unsqueeze(-1) + a * m.unsqueeze(-1)) > 0  # [B, F, 1, S]: tiny, only channels x steps
+    return (on.to(m.dtype) * c).sum(dim=-1)

@@ -1,0 +1,98 @@
+"""Finding and reading the IMDB Large Movie Review Dataset (Maas et al., 2011).
+
+Lookup order: an explicit path, $IMDB_DATA, ../shared/data/aclImdb_v1.tar.gz (beside the checkout),
+else a download from the official Stanford address into ./data/. The tarball is read in place
+(no extraction); a folder in the aclImdb layout, or a TSV of ``label<TAB>text``, works as well.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+ENV_VAR = "IMDB_DATA"
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data" / "aclImdb_v1.tar.gz"
+_MEMBER = re.compile(r"aclImdb/(train|test)/(pos|neg)/[^/]+\.txt$")
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: list[int]  # 1 = pos, 0 = neg
+
+
+def locate(path: str | None = None) -> Path:
+    explicit = path or os.environ.get(ENV_VAR)
+    if explicit:
+        if not Path(explicit).exists():
+            raise FileNotFoundError(f"IMDB data not found at {explicit}")
+        return Path(explicit)
+    if SHARED.exists():
+        return SHARED
+    return download(REPO / "data" / "aclImdb_v1.tar.gz")
+
+
+def download(dest: Path) -> Path:
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    with urllib.request.urlopen(URL, timeout=60) as resp, open(tmp, "wb") as out:
+        total = int(resp.headers.get("Content-Length", 0)) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc="download IMDB") as bar:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+                bar.update(len(chunk))
+    tmp.rename(dest)
+    return dest
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(path: Path, splits: tuple[str, ...] = ("train", "test")) -> dict[str, Split]:
+    """Read the labelled reviews of the given splits; sorted by file name, so order is stable."""
+    path = Path(path)
+    found: dict[str, list[tuple[str, int, str]]] = {s: [] for s in splits}
+    if path.is_dir():
+        for split in splits:
+            for label in ("neg", "pos"):
+                for f in sorted((path / split / label).glob("*.txt")):
+                    found[split].append((f.name, int(label == "pos"), f.read_text(encoding="utf-8")))
+    else:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tqdm(tar, desc=f"read {path.name}", unit=" files", mininterval=2):
+                m = _MEMBER.search(member.name)
+                if m and m.group(1) in found and member.isfile():
+                    text = tar.extractfile(member).read().decode("utf-8")
+                    found[m.group(1)].append((member.name, int(m.group(2) == "pos"), text))
+    out = {}
+    for split, rows in found.items():
+        rows.sort()
+        out[split] = Split([r[2] for r in rows], [r[1] for r in rows])
+    return out
+
+
+def load_tsv(path: Path) -> Split:
+    """``label<TAB>text`` per line; label is pos/neg or 1/0."""
+    texts, labels = [], []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        label, text = line.split("\t", 1)
+        labels.append(1 if label.strip().lower() in ("1", "pos", "positive") else 0)
+        texts.append(text)
+    return Split(texts, labels)

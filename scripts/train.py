@@ -1,0 +1,179 @@
+"""Train the IMDB sentiment CNN and write the default model's artifacts.
+
+usage: python scripts/train.py [--data PATH] [--out model_store/artifacts] [--epochs 10] [--seed 0]
+
+Trains on the 25,000 IMDB training reviews minus a validation split (early stopping and model
+choice use validation only), then reports accuracy on the 25,000 test reviews. Writes
+weights.safetensors, model_config.json, vocab.json and metrics.json into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import imdb_data  # noqa: E402
+from handler.model import ModelConfig, SentimentCNN, load_model, save_artifacts  # noqa: E402
+from handler.text import Vocab, encode, tokenize  # noqa: E402
+
+TUTORIAL_SENTENCES = [
+    ("It was a fantastic performance !", "pos"),
+    ("Best film ever", "pos"),
+    ("Such a great show!", "pos"),
+    ("It was a horrible movie", "neg"),
+    ("I've never watched something as bad", "neg"),
+    ("That is a terrible movie.", "neg"),
+]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def length_buckets(token_lists: list[list[str]], batch_size: int, rng: random.Random | None) -> list[list[int]]:
+    """Batches of similar length (less padding, faster); shuffled pools when training."""
+    order = list(range(len(token_lists)))
+    if rng is not None:
+        rng.shuffle(order)
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: len(token_lists[i]))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+@torch.no_grad()
+def predict_logits(model: SentimentCNN, token_lists: list[list[str]], vocab: Vocab, max_tokens: int,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Logits [N] in the input order."""
+    model.eval()
+    out = torch.empty(len(token_lists))
+    for idx in length_buckets(token_lists, batch_size, None):
+        batch = encode([token_lists[i] for i in idx], vocab, max_tokens=max_tokens)
+        out[idx] = model(batch.ids, batch.lengths)
+    return out
+
+
+def accuracy(logits: torch.Tensor, labels: list[int]) -> float:
+    return float(((logits > 0).long() == torch.tensor(labels)).float().mean())
+
+
+def train(args: argparse.Namespace) -> dict:
+    seed_everything(args.seed)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    data_path = imdb_data.locate(args.data)
+    data = imdb_data.load(data_path)
+    train_tok = tokenize(tqdm(data["train"].texts, desc="tokenize train", mininterval=2))
+    test_tok = tokenize(tqdm(data["test"].texts, desc="tokenize test", mininterval=2))
+
+    rng = random.Random(args.seed)
+    perm = list(range(len(train_tok)))
+    rng.shuffle(perm)
+    val_idx, fit_idx = perm[: args.val_size], perm[args.val_size :]
+    fit_tok = [train_tok[i] for i in fit_idx]
+    fit_y = torch.tensor([data["train"].labels[i] for i in fit_idx], dtype=torch.float32)
+    val_tok = [train_tok[i] for i in val_idx]
+    val_y = [data["train"].labels[i] for i in val_idx]
+
+    vocab = Vocab.build(fit_tok, max_size=args.vocab_size, min_freq=args.min_freq)
+    config = ModelConfig(vocab_size=len(vocab), pad_idx=vocab.pad_idx)
+    model = SentimentCNN(config)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    best_acc, best_state, best_epoch, stale = -1.0, None, 0, 0
+    history = []
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        batches = length_buckets(fit_tok, args.batch_size, rng)
+        seen = correct = loss_sum = 0
+        bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", mininterval=1)
+        for idx in bar:
+            batch = encode([fit_tok[i] for i in idx], vocab, max_tokens=args.max_tokens)
+            logits = model(batch.ids, batch.lengths)
+            loss = F.binary_cross_entropy_with_logits(logits, fit_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+            loss_sum += float(loss) * len(idx)
+            correct += int(((logits > 0).float() == fit_y[idx]).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+        val_acc = accuracy(predict_logits(model, val_tok, vocab, args.max_tokens), val_y)
+        history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val_acc})
+        print(f"epoch {epoch}: train_loss={loss_sum / seen:.4f} train_acc={correct / seen:.4f} val_acc={val_acc:.4f}", flush=True)
+        if val_acc > best_acc:
+            best_acc, best_epoch, stale = val_acc, epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= args.patience:
+                break
+    model.load_state_dict(best_state)
+    train_seconds = time.time() - started
+
+    out = Path(args.out)
+    save_artifacts(model, out, half_embedding=not args.full_precision)
+    vocab.save(out)
+    shipped = load_model(out)  # what users get: float16 embedding up-cast at load
+    test_y = data["test"].labels
+    metrics = {
+        "test_accuracy": accuracy(predict_logits(shipped, test_tok, vocab, args.max_tokens), test_y),
+        "test_accuracy_float32_embedding": accuracy(predict_logits(model, test_tok, vocab, args.max_tokens), test_y),
+        "val_accuracy": best_acc,
+        "best_epoch": best_epoch,
+        "n_train": len(fit_tok),
+        "n_val": len(val_tok),
+        "n_test": len(test_tok),
+        "vocab_size": len(vocab),
+        "max_tokens": args.max_tokens,
+        "train_seconds": round(train_seconds, 1),
+        "threads": args.threads,
+        "seed": args.seed,
+        "data_sha256": imdb_data.sha256(data_path) if data_path.is_file() else None,
+        "history": history,
+    }
+    sentences = [s for s, _ in TUTORIAL_SENTENCES]
+    logits = predict_logits(shipped, tokenize(sentences), vocab, args.max_tokens)
+    metrics["tutorial_sentences"] = {s: ("pos" if l > 0 else "neg") for s, l in zip(sentences, logits.tolist())}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+    return metrics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help=f"tarball, aclImdb folder (default: ${imdb_data.ENV_VAR}, ../shared, download)")
+    p.add_argument("--out", default=str(REPO / "model_store" / "artifacts"))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--patience", type=int, default=2, help="epochs without validation gain before stopping")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--val-size", type=int, default=2500)
+    p.add_argument("--vocab-size", type=int, default=25000)
+    p.add_argument("--min-freq", type=int, default=2)
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--full-precision", action="store_true", help="store the embedding in float32")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())
