@@ -1,0 +1,189 @@
+"""Start, stop and check a TorchServe instance serving imdb_sentiment.
+
+usage: python scripts/serve.py {start,stop,status} [--workdir .] [--config config.properties]
+                               [--model-store model_store] [--timeout 120]
+
+TorchServe writes logs/ and key_file.json into its working directory and keeps its pid file under
+$TMPDIR, so each instance gets its own working directory and TMPDIR (``<workdir>/tmp``). The same
+functions start the throw-away servers of the integration tests and the benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Server:
+    workdir: Path
+    inference: str  # http://host:port
+    management: str
+    metrics: str
+    pid: int | None = None
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "key_file.json"
+
+    def keys(self) -> dict:
+        data = json.loads(self.key_file.read_text())
+        return {"inference": data["inference"]["key"], "management": data["management"]["key"]}
+
+
+def read_addresses(config: Path) -> dict[str, str]:
+    props = {}
+    for line in Path(config).read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            k, v = line.split("=", 1)
+            props[k.strip()] = v.strip()
+    return {k: props.get(f"{k}_address", d) for k, d in
+            (("inference", "http://127.0.0.1:8080"), ("management", "http://127.0.0.1:8081"), ("metrics", "http://127.0.0.1:8082"))}
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else name
+
+
+def _env(workdir: Path) -> dict:
+    env = dict(os.environ, TMPDIR=str(workdir / "tmp"))
+    # The worker imports the handler package from the .mar; Java must find the venv's python.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def start(workdir: Path, config: Path, model_store: Path, timeout: float = 180, models: str | None = None) -> Server:
+    """Start TorchServe in the background and wait until the model answers /ping as Healthy."""
+    workdir = Path(workdir).resolve()
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    addr = read_addresses(config)
+    cmd = [_bin("torchserve"), "--start", "--ncs", "--ts-config", str(Path(config).resolve()),
+           "--model-store", str(Path(model_store).resolve())]
+    if models:
+        cmd += ["--models", models]
+    subprocess.run(cmd, cwd=workdir, env=_env(workdir), check=True, stdout=subprocess.DEVNULL)
+    server = Server(workdir, addr["inference"], addr["management"], addr["metrics"])
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        server.pid = server.pid or _pid(workdir)
+        try:
+            req = urllib.request.Request(server.inference + "/ping",
+                                         headers={"Authorization": f"Bearer {server.keys()['inference']}"})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                if json.loads(r.read()).get("status") == "Healthy" and _model_ready(server):
+                    return server
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            pass
+        time.sleep(1)
+    log = workdir / "logs" / "model_log.log"
+    tail = log.read_text()[-3000:] if log.exists() else "(no model log)"
+    stop(server)
+    raise RuntimeError(f"TorchServe did not become ready in {timeout}s; model log tail:\n{tail}")
+
+
+def _model_ready(server: Server) -> bool:
+    """Healthy /ping comes before the workers load: wait for a READY worker of imdb_sentiment."""
+    try:
+        req = urllib.request.Request(server.management + "/models/imdb_sentiment",
+                                     headers={"Authorization": f"Bearer {server.keys()['management']}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return any(w.get("status") == "READY" for m in json.loads(r.read()) for w in m.get("workers", []))
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return False
+
+
+def _pid(workdir: Path) -> int | None:
+    f = workdir / "tmp" / ".model_server.pid"
+    if f.exists() and f.read_text().strip().isdigit():
+        return int(f.read_text().strip())
+    return None
+
+
+def stop(server: Server | Path, grace: float = 15) -> None:
+    """Stop by pid (TERM, then KILL), including the Python workers the JVM started."""
+    workdir = server.workdir if isinstance(server, Server) else Path(server).resolve()
+    pid = (server.pid if isinstance(server, Server) else None) or _pid(workdir)
+    if pid is None:
+        return
+    children = _children(pid)
+    for p in [pid] + children:
+        _signal(p, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and any(_alive(p) for p in [pid] + children):
+        time.sleep(0.2)
+    for p in [pid] + children:
+        _signal(p, signal.SIGKILL)
+    (workdir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=,ppid=", "-e"], capture_output=True, text=True).stdout
+    tree = [tuple(map(int, line.split())) for line in out.splitlines() if line.strip()]
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [c for c, pp in tree if pp == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return not re.search(r"\bZ\b", Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3])
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def curl_hint(server: Server) -> str:
+    key = server.keys()["inference"]
+    return (f"curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+            f"--data-binary '{{\"text\": \"It was a fantastic performance !\"}}' "
+            f"{server.inference}/explanations/imdb_sentiment")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("--workdir", default=str(REPO))
+    p.add_argument("--config", default=str(REPO / "config.properties"))
+    p.add_argument("--model-store", default=str(REPO / "model_store"))
+    p.add_argument("--timeout", type=float, default=180)
+    a = p.parse_args(argv)
+    workdir = Path(a.workdir).resolve()
+    if a.action == "start":
+        if _pid(workdir) and _alive(_pid(workdir)):
+            sys.exit(f"TorchServe already runs (pid {_pid(workdir)}); `make stop` first")
+        server = start(workdir, Path(a.config), Path(a.model_store), a.timeout)
+        print(f"TorchServe is serving imdb_sentiment at {server.inference} (pid {server.pid}).")
+        print(f"Logs: {workdir / 'logs'}; keys: {server.key_file}. Try:\n\n{curl_hint(server)}\n")
+    elif a.action == "stop":
+        stop(workdir)
+        print("stopped")
+    else:
+        pid = _pid(workdir)
+        print(f"running (pid {pid})" if pid and _alive(pid) else "not running")
+
+
+if __name__ == "__main__":
+    main()
