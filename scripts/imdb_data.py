@@ -20,7 +20,8 @@ URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 ENV_VAR = "IMDB_DATA"
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data" / "aclImdb_v1.tar.gz"
-_MEMBER = re.compile(r"aclImdb/(train|test)/(pos|neg)/[^/]+\.txt$")
+LABELS = {"neg": 0, "pos": 1, "unsup": -1}
+_MEMBER = re.compile(r"aclImdb/(train|test)/(pos|neg|unsup)/[^/]+\.txt$")
 
 
 @dataclass
@@ -64,21 +65,26 @@ def sha256(path: Path) -> str:
 
 
 def load(path: Path, splits: tuple[str, ...] = ("train", "test")) -> dict[str, Split]:
-    """Read the labelled reviews of the given splits; sorted by file name, so order is stable."""
+    """Read the reviews of the given splits; sorted by file name, so order is stable.
+
+    Split "unsup" is the 50,000 unlabelled training reviews (label -1), for word vectors.
+    """
     path = Path(path)
     found: dict[str, list[tuple[str, int, str]]] = {s: [] for s in splits}
     if path.is_dir():
         for split in splits:
-            for label in ("neg", "pos"):
-                for f in sorted((path / split / label).glob("*.txt")):
-                    found[split].append((f.name, int(label == "pos"), f.read_text(encoding="utf-8")))
+            folder, labels = (("train", ("unsup",)) if split == "unsup" else (split, ("neg", "pos")))
+            for label in labels:
+                for f in sorted((path / folder / label).glob("*.txt")):
+                    found[split].append((f.name, LABELS[label], f.read_text(encoding="utf-8")))
     else:
         with tarfile.open(path, "r:*") as tar:
             for member in tqdm(tar, desc=f"read {path.name}", unit=" files", mininterval=2):
                 m = _MEMBER.search(member.name)
-                if m and m.group(1) in found and member.isfile():
+                split = "unsup" if m and m.group(2) == "unsup" else m and m.group(1)
+                if split in found and member.isfile():
                     text = tar.extractfile(member).read().decode("utf-8")
-                    found[m.group(1)].append((member.name, int(m.group(2) == "pos"), text))
+                    found[split].append((member.name, LABELS[m.group(2)], text))
     out = {}
     for split, rows in found.items():
         rows.sort()
