@@ -44,6 +44,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def ppmi_svd_vectors(token_lists: list[list[str]], vocab: Vocab, dim: int, window: int = 5) -> torch.Tensor:
+    """Word vectors [V, dim] from the training text alone: SVD of the positive PMI matrix.
+
+    No pretrained vectors (GloVe etc.) can be downloaded here, and random embeddings overfit;
+    PPMI-SVD (Levy & Goldberg, 2014) needs only co-occurrence counts (+-window, weighted 1/distance,
+    context distribution smoothed by ^0.75) and one truncated SVD, a minute on 2 cores.
+    """
+    v = len(vocab)
+    sep = -1
+    stream = np.fromiter((i for toks in token_lists for i in vocab.lookup(toks) + [sep]), dtype=np.int64)
+    counts = None
+    for d in range(1, window + 1):
+        a, b = stream[:-d], stream[d:]
+        ok = (a > vocab.pad_idx) & (b > vocab.pad_idx)  # drops separators, <unk> and <pad>
+        idx = torch.from_numpy(np.stack([np.concatenate([a[ok], b[ok]]), np.concatenate([b[ok], a[ok]])]))
+        part = torch.sparse_coo_tensor(idx, torch.full((idx.shape[1],), 1.0 / d), (v, v), check_invariants=False).coalesce()
+        counts = part if counts is None else (counts + part).coalesce()
+    i, c = counts.indices(), counts.values().double()
+    row = torch.zeros(v, dtype=torch.float64).index_add_(0, i[0], c)
+    col = torch.zeros(v, dtype=torch.float64).index_add_(0, i[1], c).pow(0.75)
+    pmi = torch.log(c * col.sum() / (row[i[0]] * col[i[1]]))
+    keep = pmi > 0
+    ppmi = torch.sparse_coo_tensor(i[:, keep], pmi[keep].float(), (v, v), check_invariants=False).coalesce()
+    q = min(dim, v)  # a toy vocabulary can be smaller than the embedding
+    u, s, _ = torch.svd_lowrank(ppmi, q=q, niter=4)
+    vectors = torch.zeros(v, dim)
+    vectors[:, :q] = u * s.sqrt()
+    vectors[: vocab.pad_idx + 1] = 0.0  # <unk> and <pad> start at zero, as the tutorial does
+    return vectors / vectors[2:].std() * 0.5
+
+
 def length_buckets(token_lists: list[list[str]], batch_size: int, rng: random.Random | None) -> list[list[int]]:
     """Batches of similar length (less padding, faster); shuffled pools when training."""
     order = list(range(len(token_lists)))
@@ -96,6 +127,13 @@ def train(args: argparse.Namespace) -> dict:
     vocab = Vocab.build(fit_tok, max_size=args.vocab_size, min_freq=args.min_freq)
     config = ModelConfig(vocab_size=len(vocab), pad_idx=vocab.pad_idx)
     model = SentimentCNN(config)
+    if args.word_vectors:
+        unsup = imdb_data.load(data_path, splits=("unsup",))["unsup"].texts if args.unsup else []
+        corpus = fit_tok + tokenize(tqdm(unsup, desc="tokenize unsup", mininterval=2))
+        t0 = time.time()
+        with torch.no_grad():
+            model.embedding.weight.copy_(ppmi_svd_vectors(corpus, vocab, config.embedding_dim))
+        print(f"PPMI-SVD word vectors from {len(corpus)} training reviews in {time.time() - t0:.0f}s", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     best_acc, best_state, best_epoch, stale = -1.0, None, 0, 0
     history = []
@@ -106,6 +144,9 @@ def train(args: argparse.Namespace) -> dict:
         bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", mininterval=1)
         for idx in bar:
             batch = encode([fit_tok[i] for i in idx], vocab, max_tokens=args.max_tokens)
+            if args.word_dropout > 0:  # regulariser: hide random words behind <unk>
+                drop = (torch.rand(batch.ids.shape) < args.word_dropout) & (batch.ids != vocab.pad_idx)
+                batch.ids[drop] = vocab.unk_idx
             logits = model(batch.ids, batch.lengths)
             loss = F.binary_cross_entropy_with_logits(logits, fit_y[idx])
             opt.zero_grad()
@@ -146,6 +187,8 @@ def train(args: argparse.Namespace) -> dict:
         "train_seconds": round(train_seconds, 1),
         "threads": args.threads,
         "seed": args.seed,
+        "word_vectors": "ppmi-svd" + ("+unsup" if args.unsup else "") if args.word_vectors else None,
+        "word_dropout": args.word_dropout,
         "data_sha256": imdb_data.sha256(data_path) if data_path.is_file() else None,
         "history": history,
     }
@@ -171,6 +214,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--word-vectors", action=argparse.BooleanOptionalAction, default=True,
+                   help="initialise the embedding with PPMI-SVD vectors of the training text")
+    p.add_argument("--unsup", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the 50,000 unlabelled training reviews to the word-vector corpus")
+    p.add_argument("--word-dropout", type=float, default=0.1)
     p.add_argument("--full-precision", action="store_true", help="store the embedding in float32")
     return p.parse_args(argv)
 
