@@ -3,9 +3,10 @@
 Show which words drove the IMDB sentiment prediction of a running TorchServe (model imdb_sentiment).
 
 Each argument is a review: "-" reads one review from stdin, a file holds one review per line, a
-folder holds .txt files (one review each; a parent folder named pos/neg is the true label, as in
-aclImdb), anything else is the review text itself. By default each review is explained
-(/explanations: Layer Integrated Gradients); --predict asks /predictions only.
+folder holds .txt files (one review each), anything else is the review text itself. A file in a
+folder named pos or neg (the aclImdb layout) has that true label; --label gives the others one.
+By default each review is explained (/explanations: Layer Integrated Gradients); --predict asks
+/predictions only.
 
 Address and token: --url / IMDB_URL (default http://127.0.0.1:8080) and --token / IMDB_TOKEN, else
 the inference key of --key-file (default ./key_file.json, which `make serve` writes).
@@ -39,15 +40,18 @@ MODEL = "imdb_sentiment"
 LABELS = ("neg", "pos")
 # Below this |normalized attribution| a word is left unmarked: on a dark terminal a near-white
 # background on every neutral word is noise, and in plain text a "+0.01" after each word is too.
-MARK_THRESHOLD = 0.05
+MARK_THRESHOLD = 0.1
 
 
 class ClientError(Exception):
-    """A failure to report in one line on stderr; ``fatal`` ones (no server, bad token) stop the run."""
+    """A failure to report in one line on stderr; ``fatal`` ones (no server, bad token) stop the run.
+    A non-fatal one carries the server's error ``answer`` ({"code", "type", "message"}), which takes
+    the review's place in the output, as the in-process handler's error answers do."""
 
-    def __init__(self, message: str, fatal: bool = True):
+    def __init__(self, message: str, fatal: bool = True, answer: dict | None = None):
         super().__init__(message)
         self.fatal = fatal
+        self.answer = answer
 
 
 @dataclass
@@ -90,10 +94,16 @@ def attribution_style(value: float) -> Style:
 # ----------------------------------------------------------------------------- terminal (pure)
 
 
+def error_line(result: dict) -> str:
+    """'error 400 BadRequest: review text is empty' for an error answer."""
+    head = " ".join(str(result[k]) for k in ("code", "type") if result.get(k))
+    return f"error {head}: {result.get('message', result)}"
+
+
 def summary_line(result: dict, review: Review | None = None) -> str:
     """One line: predicted label, P(pos), and for explanations delta and the attribution sum."""
     if "label" not in result:
-        return f"error {result.get('code', '?')}: {result.get('message', result)}"
+        return error_line(result)
     parts = [f"{result['label']}", f"P(pos)={result['score']:.3f}", f"logit={result['logit']:+.3f}"]
     if review is not None and review.label:
         parts.insert(0, f"true={review.label} {'✓' if review.label == result['label'] else '✗'}")
@@ -177,7 +187,7 @@ def _row(index: int, review: Review, result: dict) -> str:
     name = f'{index}<br><span class="small">{e(review.name)}</span>' if review.name else str(index)
     true = e(review.label) if review.label else "–"
     if "label" not in result:
-        message = e(f"error {result.get('code', '?')}: {result.get('message', '')}")
+        message = e(error_line(result))
         return (f'<tr><td>{name}</td><td>{true}</td><td colspan="2"></td>'
                 f'<td class="error">{message}<br>{e(review.text)}</td></tr>')
     wrong = ' class="wrong"' if review.label and review.label != result["label"] else ""
@@ -243,9 +253,10 @@ def read_reviews(sources: list[str], label: str | None = None, stdin=None) -> li
                 folder_label = f.parent.name if f.parent.name in LABELS else label
                 reviews.append(Review(f.read_text(encoding="utf-8"), str(f), folder_label))
         elif path.is_file():
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    reviews.append(Review(line, f"{path}:{n}", label))
+            lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+            file_label = path.parent.name if path.parent.name in LABELS else label
+            for n, line in lines:
+                reviews.append(Review(line, f"{path}:{n}" if len(lines) > 1 else str(path), file_label))
         else:
             reviews.append(Review(source, "", label))
     return reviews
@@ -316,7 +327,8 @@ def _http_error(err: urllib.error.HTTPError, endpoint: Endpoint) -> ClientError:
                            f"(token read from {endpoint.token_source}). Server said: {message}. A restarted "
                            "TorchServe writes new keys to key_file.json in its working directory.")
     # 404 (model not registered) would fail every review alike; other codes may be this review's own.
-    return ClientError(f"the server answered {err.code} {kind}: {message}".replace("  ", " "), fatal=err.code == 404)
+    answer = {"code": err.code, "type": kind, "message": message}
+    return ClientError(f"the server at {endpoint.url} answered {error_line(answer)}", fatal=err.code == 404, answer=answer)
 
 
 # ----------------------------------------------------------------------------- no server
@@ -389,13 +401,13 @@ def main(argv: list[str] | None = None) -> int:
                 except ClientError as e:
                     if e.fatal:
                         raise
-                    results.append({"code": "client", "message": str(e)})
+                    results.append(e.answer)
     except ClientError as e:
         print(f"imdb-explain: error: {e}", file=sys.stderr)
         return 1
     failed = [(r, res) for r, res in zip(reviews, results) if "label" not in res]
     for review, res in failed:
-        print(f"imdb-explain: {review.name or review.text[:40]!r}: {res.get('message', res)}", file=sys.stderr)
+        print(f"imdb-explain: {review.name or repr(review.text[:40])}: {error_line(res)}", file=sys.stderr)
     if args.html:
         Path(args.html).write_text(render_html(list(zip(reviews, results))), encoding="utf-8")
         print(f"wrote {args.html} ({len(reviews)} review(s), {len(failed)} failed)")

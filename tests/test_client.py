@@ -141,7 +141,7 @@ def test_read_reviews_forms(tmp_path):
                        stdin=io.StringIO("from stdin"))
     assert [(r.text, r.label) for r in got] == [("awful", "neg"), ("great", "pos"), ("first review", "pos"),
                                                 ("second review", "pos"), ("from stdin", "pos"), ("just text", "pos")]
-    assert got[3].name.endswith("many.txt:3")
+    assert got[3].name.endswith("many.txt:3") and got[0].name.endswith("2_1.txt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ClientError, match="no .txt files"):
         read_reviews([str(tmp_path / "empty")])
