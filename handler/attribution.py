@@ -123,19 +123,20 @@ def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution
     order = torch.argsort(lengths)
     b, t = ids.shape
     rows_per_chunk = max(1, settings.chunk_elements // (max(t, 1) * _row_cost(model)))
-    attributions = torch.zeros(b, t, device=ids.device)
     parts = []
     for start in range(0, b, rows_per_chunk):
         rows = order[start : start + rows_per_chunk]
         width = int(lengths[rows].max())
         fn = _fast if settings.engine == "fast" else _captum
-        res = fn(model, ids[rows, :width], lengths[rows], settings.method, n_steps, settings.internal_batch_size)
-        attributions[rows, :width] = res.attributions
-        parts.append((rows, res))
-    out = Attribution(attributions, *(torch.empty(b, device=ids.device) for _ in range(3)),
+        parts.append((rows, fn(model, ids[rows, :width], lengths[rows], settings.method, n_steps, settings.internal_batch_size)))
+    dtype = parts[0][1].attributions.dtype
+    out = Attribution(torch.zeros(b, t, dtype=dtype, device=ids.device),
+                      *(torch.empty(b, dtype=dtype, device=ids.device) for _ in range(3)),
                       n_steps=torch.full((b,), 0 if settings.method == EXACT else n_steps, device=ids.device),
                       method=settings.method, engine=settings.engine)
     for rows, res in parts:
+        width = res.attributions.shape[1]
+        out.attributions[rows, :width] = res.attributions
         out.delta[rows], out.logits[rows], out.ref_logits[rows] = res.delta, res.logits, res.ref_logits
     return out
 

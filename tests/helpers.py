@@ -1,0 +1,28 @@
+"""Shared test helpers: a tiny random model written as real artifacts (fast, no training)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts"
+SHIPPED = REPO / "model_store" / "artifacts"
+sys.path.insert(0, str(REPO))
+
+from handler.model import ModelConfig, SentimentCNN, save_artifacts  # noqa: E402
+from handler.text import Vocab, tokenize  # noqa: E402
+
+WORDS = ("it was a fantastic performance ! best film ever such great show horrible movie "
+         "i 've never watched something as bad that is terrible . the plot acting")
+
+
+def tiny_artifacts(directory: Path, seed: int = 0, **config) -> Path:
+    """Random-weight model + vocabulary in ``directory``, loadable like the shipped model."""
+    vocab = Vocab.build(tokenize([WORDS]), max_size=100)
+    torch.manual_seed(seed)
+    model = SentimentCNN(ModelConfig(vocab_size=len(vocab), pad_idx=vocab.pad_idx, **config))
+    save_artifacts(model, directory)
+    vocab.save(directory)
+    return directory

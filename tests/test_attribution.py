@@ -1,0 +1,150 @@
+"""Layer IG: the fast engine against Captum, completeness, adaptivity and fallbacks."""
+import pytest
+import torch
+
+from helpers import SHIPPED
+from handler.attribution import IGSettings, layer_ig, quadrature
+from handler.model import ModelConfig, SentimentCNN, load_model
+from handler.text import Vocab, encode, tokenize
+
+
+def _random_batch(seed=0, vocab=300, lengths=(40, 31, 7, 12, 25, 9, 3)):
+    g = torch.Generator().manual_seed(seed)
+    width = max(max(lengths), 7)
+    ids = torch.randint(2, vocab, (len(lengths), width), generator=g)
+    for row, n in enumerate(lengths):
+        ids[row, n:] = 1
+    return ids, torch.tensor([max(n, 7) for n in lengths])
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SentimentCNN(ModelConfig(vocab_size=300)).eval()
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_middle"])
+def test_fast_engine_equals_captum_at_equal_steps_on_random_inputs(model, method):
+    """In float64, so Captum's own rounding cannot flip near-tied max-pool winners.
+
+    (In float32, two windows whose A values differ by ~1e-6 can swap at the smallest alpha
+    node inside Captum's interpolated forward; the fast engine takes the true argmax.)
+    """
+    double = SentimentCNN(model.config).double().eval()
+    double.load_state_dict(model.state_dict())
+    for seed in range(3):
+        ids, lengths = _random_batch(seed)
+        fast = layer_ig(double, ids, lengths, IGSettings(engine="fast", method=method, n_steps=32))
+        ref = layer_ig(double, ids, lengths, IGSettings(engine="captum", method=method, n_steps=32))
+        assert fast.attributions.dtype == torch.float64
+        assert _rel(fast.attributions, ref.attributions) < 1e-7
+        assert torch.allclose(fast.delta, ref.delta, atol=1e-7)
+        assert torch.allclose(fast.logits, ref.logits, atol=1e-12)
+
+
+def test_fast_engine_equals_captum_on_the_shipped_model_and_real_reviews():
+    model, vocab = load_model(SHIPPED), Vocab.load(SHIPPED)
+    reviews = ["It was a fantastic performance !", "That is a terrible movie.",
+               "A slow start, but the second half is gripping and the cast is wonderful; I'd watch it again."]
+    batch = encode(tokenize(reviews), vocab)
+    fast = layer_ig(model, batch.ids, batch.lengths, IGSettings(n_steps=50))
+    ref = layer_ig(model, batch.ids, batch.lengths, IGSettings(engine="captum", n_steps=50))
+    assert _rel(fast.attributions, ref.attributions) < 1e-5
+
+
+def test_exact_attributions_are_complete(model):
+    """sum(attributions) = F(input) - F(reference), both computed by a plain forward pass."""
+    ids, lengths = _random_batch(1)
+    out = layer_ig(model, ids, lengths, IGSettings(method="exact"))
+    with torch.no_grad():
+        f_x = model(ids, lengths)
+        f_ref = model(torch.ones_like(ids), lengths)
+    gap = f_x - f_ref
+    assert torch.allclose(out.attributions.sum(1), gap, atol=1e-5 * (1 + gap.abs().max()))
+    assert (out.delta.abs() <= 1e-5 * (1 + gap.abs())).all()
+    assert out.n_steps.tolist() == [0] * len(lengths)
+
+
+def test_captum_converges_to_the_exact_integral_as_steps_grow(model):
+    ids, lengths = _random_batch(2)
+    exact = layer_ig(model, ids, lengths, IGSettings(method="exact")).attributions
+    errors = [_rel(layer_ig(model, ids, lengths, IGSettings(engine="captum", method="riemann_middle", n_steps=n))
+                   .attributions, exact) for n in (8, 64, 512)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 2e-3
+
+
+def test_padding_positions_get_zero_attribution(model):
+    ids, lengths = _random_batch(3)
+    out = layer_ig(model, ids, lengths, IGSettings())
+    assert (out.attributions[ids == 1] == 0).all()
+
+
+def test_adaptive_mode_raises_steps_until_relative_delta_is_under_tolerance(model):
+    ids, lengths = _random_batch(4)
+    fixed = layer_ig(model, ids, lengths, IGSettings(n_steps=4))
+    adaptive = layer_ig(model, ids, lengths, IGSettings(n_steps=4, adaptive=True, rtol=1e-3, max_steps=1024))
+    assert (fixed.relative_delta() > 1e-3).any()
+    ok = (adaptive.relative_delta() <= 1e-3) | (adaptive.delta.abs() <= 1e-6)
+    assert ok.all()
+    assert (adaptive.n_steps >= 4).all() and (adaptive.n_steps > 4).any()
+    # rows that needed more steps equal a fixed run at the steps they report
+    row = int(adaptive.n_steps.argmax())
+    again = layer_ig(model, ids[row:row + 1], lengths[row:row + 1],
+                     IGSettings(n_steps=int(adaptive.n_steps[row]), max_steps=1024))
+    width = int(lengths[row])
+    assert torch.allclose(adaptive.attributions[row, :width], again.attributions[0, :width], atol=1e-6)
+
+
+def test_results_do_not_depend_on_chunking_or_batch_mates(model):
+    ids, lengths = _random_batch(5)
+    whole = layer_ig(model, ids, lengths, IGSettings())
+    tiny_chunks = layer_ig(model, ids, lengths, IGSettings(chunk_elements=1))
+    assert torch.allclose(whole.attributions, tiny_chunks.attributions, atol=1e-6)
+    alone = layer_ig(model, ids[2:3, :7], lengths[2:3], IGSettings())
+    assert torch.allclose(whole.attributions[2, :7], alone.attributions[0], atol=1e-6)
+
+
+def test_captum_engine_works_under_inference_mode(model):
+    ids, lengths = _random_batch(6)
+    with torch.inference_mode():
+        out = layer_ig(model, ids, lengths, IGSettings(engine="captum", n_steps=8))
+    assert out.attributions.shape == ids.shape and torch.isfinite(out.attributions).all()
+
+
+def test_other_models_fall_back_to_captum():
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.embedding = inner, inner.embedding
+
+        def forward(self, ids, lengths):
+            return self.inner(ids, lengths) * 2.0
+
+    torch.manual_seed(0)
+    wrapped = Wrapped(SentimentCNN(ModelConfig(vocab_size=300))).eval()
+    ids, lengths = _random_batch(7)
+    out = layer_ig(wrapped, ids, lengths, IGSettings(method="exact", n_steps=64))
+    assert out.engine == "captum" and out.method == "gausslegendre"
+    exact = layer_ig(wrapped.inner, ids, lengths, IGSettings(method="exact")).attributions
+    assert _rel(out.attributions, 2.0 * exact) < 0.05
+
+
+def test_quadrature_rule_is_cached_and_matches_captum():
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    alphas, weights = quadrature("gausslegendre", 16)
+    assert quadrature("gausslegendre", 16) is quadrature("gausslegendre", 16)
+    step_sizes, alpha_fn = approximation_parameters("gausslegendre")
+    assert list(alphas) == list(alpha_fn(16)) and list(weights) == list(step_sizes(16))
+
+
+def test_settings_reject_unknown_engine_method_and_steps():
+    for bad in ({"engine": "magic"}, {"method": "simpson"}, {"n_steps": 1}, {"n_steps": 5000},
+                {"engine": "captum", "method": "exact"}):
+        with pytest.raises(ValueError):
+            IGSettings(**bad)
