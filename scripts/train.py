@@ -153,7 +153,7 @@ def train(args: argparse.Namespace) -> dict:
             loss.backward()
             opt.step()
             seen += len(idx)
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             correct += int(((logits > 0).float() == fit_y[idx]).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
         val_acc = accuracy(predict_logits(model, val_tok, vocab, args.max_tokens), val_y)
