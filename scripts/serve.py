@@ -1,7 +1,7 @@
 """Start, stop and check a TorchServe instance serving imdb_sentiment.
 
 usage: python scripts/serve.py {start,stop,status} [--workdir .] [--config config.properties]
-                               [--model-store model_store] [--timeout 120]
+                               [--model-store model_store] [--timeout 600]
 
 TorchServe writes logs/ and key_file.json into its working directory and keeps its pid file under
 $TMPDIR, so each instance gets its own working directory and TMPDIR (``<workdir>/tmp``). The same
@@ -64,7 +64,7 @@ def _env(workdir: Path) -> dict:
     return env
 
 
-def start(workdir: Path, config: Path, model_store: Path, timeout: float = 180, models: str | None = None) -> Server:
+def start(workdir: Path, config: Path, model_store: Path, timeout: float = 600, models: str | None = None) -> Server:
     """Start TorchServe in the background and wait until the model answers /ping as Healthy."""
     workdir = Path(workdir).resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,11 @@ def start(workdir: Path, config: Path, model_store: Path, timeout: float = 180, 
            "--model-store", str(Path(model_store).resolve())]
     if models:
         cmd += ["--models", models]
-    subprocess.run(cmd, cwd=workdir, env=_env(workdir), check=True, stdout=subprocess.DEVNULL)
+    # The JVM outlives this call: give it a log file, not our stdout (a pipe would never close).
+    (workdir / "logs").mkdir(exist_ok=True)
+    with open(workdir / "logs" / "torchserve.out", "ab") as out:
+        subprocess.run(cmd, cwd=workdir, env=_env(workdir), check=True,
+                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     server = Server(workdir, addr["inference"], addr["management"], addr["metrics"])
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default=str(REPO))
     p.add_argument("--config", default=str(REPO / "config.properties"))
     p.add_argument("--model-store", default=str(REPO / "model_store"))
-    p.add_argument("--timeout", type=float, default=180)
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for a READY worker")
     a = p.parse_args(argv)
     workdir = Path(a.workdir).resolve()
     if a.action == "start":
