@@ -59,6 +59,8 @@ def decode(item: Any, limits: Limits) -> Review:
                 body = json.loads(body)
             except json.JSONDecodeError as e:
                 raise RequestError(f"request body looks like JSON but does not parse: {e.msg} at char {e.pos}") from None
+            except RecursionError:  # hostile nesting, e.g. {"a": {"a": ... 100,000 levels
+                raise RequestError("request body nests JSON too deeply") from None
     if isinstance(body, list) and len(body) == 1:
         body = body[0]  # KServe v2 BYTES data arrives as a one-element list
     if isinstance(body, dict):

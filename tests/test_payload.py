@@ -60,3 +60,8 @@ def test_prediction_fields_and_probabilities():
     assert p["label"] == "pos" and abs(p["score"] - 0.8807970779778823) < 1e-12
     assert abs(p["probabilities"]["neg"] + p["probabilities"]["pos"] - 1) < 1e-12
     assert prediction(-1000.0, ("neg", "pos"), 1, False, 0)["score"] == 0.0
+
+
+def test_hostile_json_nesting_is_a_client_error_not_a_crash():
+    with pytest.raises(RequestError, match="deeply"):
+        decode({"body": b'{"a":' * 200_000}, Limits(max_chars=2_000_000))
