@@ -1,0 +1,196 @@
+"""The handler in-process, with a real ``ts.context.Context`` and a tiny random model.
+
+TorchServe's MockContext has no request headers, so it never enters the explain path; a real
+Context with one RequestProcessor per request does, exactly as the worker builds it. The tiny
+model is random: these tests check the serving logic, not the shipped model's answers.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from helpers import REPO, tiny_artifacts
+from handler.sentiment_handler import SentimentHandler
+from handler.text import Vocab
+MODEL = "imdb_sentiment"
+CORPUS = [
+    "It was a fantastic performance !",
+    "Best film ever",
+    "Such a great show!",
+    "It was a horrible movie",
+    "I've never watched something as bad",
+    "That is a terrible movie.",
+    "The plot was thin but the actors carried the film with charm and wit.",
+]
+LONG_REVIEW = " ".join(["the movie was great and the plot was bad ."] * 60)  # 600 tokens
+TOL = 1e-5
+
+Row = tuple[object, bool]  # (request body as the worker hands it over, explain header)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_artifacts(tmp_path_factory.mktemp("tiny_model"), embedding_dim=16, n_filters=8)
+
+
+@pytest.fixture(scope="module")
+def metrics() -> MetricsCacheYamlImpl:
+    cache = MetricsCacheYamlImpl(config_file_path=str(REPO / "metrics.yaml"))
+    cache.initialize_cache()
+    return cache
+
+
+@pytest.fixture(scope="module")
+def handler(model_dir: Path, metrics: MetricsCacheYamlImpl) -> SentimentHandler:
+    h = SentimentHandler()
+    h.initialize(make_context(model_dir, metrics, [{}]))
+    return h
+
+
+def make_context(model_dir: Path, metrics: MetricsCacheYamlImpl, headers: list[dict]) -> Context:
+    """A Context as TorchServe's worker builds it for one batch: one RequestProcessor per request."""
+    model_yaml = yaml.safe_load((REPO / "model-config.yaml").read_text())
+    ctx = Context(MODEL, str(model_dir), {"model": {"modelName": MODEL}}, len(headers), None, "0.12.0",
+                  metrics=metrics, model_yaml_config=model_yaml)
+    ctx.request_processor = [RequestProcessor(h) for h in headers]
+    ctx.request_ids = {i: str(i) for i in range(len(headers))}
+    metrics.set_request_ids(ctx.request_ids)
+    return ctx
+
+
+def serve(handler: SentimentHandler, model_dir: Path, metrics: MetricsCacheYamlImpl,
+          rows: list[Row]) -> tuple[list[dict], list[int]]:
+    """Answer one batch; returns the bodies and each request's HTTP status."""
+    ctx = make_context(model_dir, metrics, [{"explain": "True" if explain else "False"} for _, explain in rows])
+    out = handler.handle([{"body": body} for body, _ in rows], ctx)
+    return out, [ctx.get_response_status(i)[0] or 200 for i in range(len(rows))]
+
+
+@pytest.fixture
+def run(handler: SentimentHandler, model_dir: Path, metrics: MetricsCacheYamlImpl):
+    return lambda rows: serve(handler, model_dir, metrics, rows)
+
+
+def assert_complete(answer: dict) -> None:
+    """Completeness: sum(attributions) - (F(x) - F(ref)) is the reported delta, and delta is small."""
+    gap = answer["logit"] - answer["reference_logit"]
+    assert sum(answer["attributions"]) - gap == pytest.approx(answer["delta"], abs=TOL)
+    # adaptive quadrature stops at rtol 1e-3 or at max_steps; the exact method at float rounding
+    assert abs(answer["delta"]) <= 1e-3 * abs(gap) + 1e-4
+
+
+def test_mixed_batch_explains_only_the_requests_with_the_explain_header(run) -> None:
+    out, status = run([(b"It was a fantastic performance !", True), ("Best film ever", False),
+                       ({"text": "It was a horrible movie"}, True), (b'{"text": "Such a great show!"}', False)])
+    assert status == [200] * 4
+    assert [("attributions" in o) for o in out] == [True, False, True, False]
+    assert out[0]["tokens"] == ["it", "was", "a", "fantastic", "performance", "!"]
+    assert len(out[0]["attributions"]) == len(out[0]["tokens"]) == out[0]["n_tokens"]
+    for o in out:
+        assert o["label"] in ("neg", "pos") and o["label"] == ("pos" if o["logit"] > 0 else "neg")
+        assert o["score"] == pytest.approx(1 / (1 + math.exp(-o["logit"])))
+
+
+BAD_REQUESTS = {
+    "empty body": (b"", 400),
+    "whitespace only": (b"  \n ", 400),
+    "invalid utf-8": (b"\xff\xfe\xfa", 400),
+    "unparsable json": (b'{"text": "unterminated', 400),
+    "json without text": ({"review": "Best film ever"}, 400),
+    "text of wrong type": ({"text": 5}, 400),
+    "json list": ([1, 2], 400),
+    "unknown field": ({"text": "Best film ever", "colour": "red"}, 400),
+    "n_steps too small": ({"text": "Best film ever", "n_steps": 1}, 400),
+    "n_steps too large": ({"text": "Best film ever", "n_steps": 100_000}, 400),
+    "n_steps of wrong type": ({"text": "Best film ever", "n_steps": "50"}, 400),
+    "unknown method": ({"text": "Best film ever", "method": "simpson"}, 400),
+    "rtol out of range": ({"text": "Best film ever", "rtol": 2.0}, 400),
+    "empty after tokenizing": (b"<br /><br />", 400),
+    "too long": ("x" * 100_001, 413),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_REQUESTS)
+def test_a_bad_request_gets_its_own_4xx_and_the_rest_of_the_batch_200(run, kind: str) -> None:
+    body, code = BAD_REQUESTS[kind]
+    out, status = run([("It was a fantastic performance !", True), (body, True), ("Best film ever", False)])
+    assert status == [200, code, 200]
+    assert out[1]["code"] == code and isinstance(out[1]["message"], str) and out[1]["message"]
+    assert "attributions" in out[0] and "label" in out[2]
+
+
+def test_batched_answers_equal_single_answers(run) -> None:
+    rows = [(CORPUS[6], True), (CORPUS[1], True), (CORPUS[3], False), (LONG_REVIEW, True), (CORPUS[2], False)]
+    batched, status = run(rows)
+    assert status == [200] * len(rows)
+    for row, together in zip(rows, batched):
+        alone = run([row])[0][0]
+        assert together["tokens" if row[1] else "n_tokens"] == alone["tokens" if row[1] else "n_tokens"]
+        assert together["logit"] == pytest.approx(alone["logit"], abs=TOL)
+        if row[1]:
+            assert together["attributions"] == pytest.approx(alone["attributions"], abs=TOL)
+            assert together["delta"] == pytest.approx(alone["delta"], abs=TOL)
+
+
+def test_explain_answers_are_predict_answers_plus_attributions(run) -> None:
+    (explained, predicted), _ = run([(CORPUS[0], True), (CORPUS[0], False)])
+    assert explained["logit"] == pytest.approx(predicted["logit"], abs=TOL)
+    same = ("label", "n_tokens", "truncated", "unknown_tokens")
+    assert {k: explained[k] for k in same} == {k: predicted[k] for k in same}
+
+
+def test_attributions_are_complete(run) -> None:
+    texts = [*CORPUS, LONG_REVIEW]
+    default, _ = run([(text, True) for text in texts])  # the configured method (model-config.yaml)
+    quadrature, _ = run([({"text": text, "method": "gausslegendre"}, True) for text in texts])
+    for answer in default + quadrature:
+        assert_complete(answer)
+
+
+def test_request_options_choose_steps_and_method(run) -> None:
+    out, status = run([({"text": CORPUS[6], "method": "gausslegendre", "n_steps": 8, "adaptive": False}, True),
+                       ({"text": CORPUS[6], "method": "exact"}, True),
+                       ({"text": CORPUS[6], "method": "gausslegendre", "adaptive": True}, True)])
+    assert status == [200] * 3
+    assert [(o["method"], o["n_steps"]) for o in out[:2]] == [("gausslegendre", 8), ("exact", 0)]
+    assert out[2]["n_steps"] >= 50 and out[2]["method"] == "gausslegendre"
+    # Both integrate the same path; the adaptive rule only bounds the summed error (delta), so
+    # single tokens agree to about 1% of the largest attribution.
+    scale = max(map(abs, out[1]["attributions"]))
+    assert out[1]["attributions"] == pytest.approx(out[2]["attributions"], abs=1e-2 * scale)
+
+
+def test_long_review_is_truncated_and_flagged(run) -> None:
+    (explained, predicted), _ = run([(LONG_REVIEW, True), (LONG_REVIEW, False)])
+    assert explained["truncated"] and predicted["truncated"]
+    assert explained["n_tokens"] == predicted["n_tokens"] == 512 == len(explained["attributions"])
+    short, _ = run([(CORPUS[0], False)])
+    assert short[0]["truncated"] is False
+
+
+def test_unknown_tokens_are_counted(run) -> None:
+    out, _ = run([("It was a zxqv performance qqqz", False)])
+    assert out[0]["unknown_tokens"] == 2
+
+
+def test_describe_reports_labels_vocab_size_and_settings(handler: SentimentHandler, model_dir: Path, metrics) -> None:
+    ctx = make_context(model_dir, metrics, [{"describe": "True"}])
+    (described,) = handler.handle([{"body": b""}], ctx)
+    assert described == handler.describe_handle()
+    assert described["labels"] == ["neg", "pos"]
+    assert described["vocab_size"] == len(Vocab.load(model_dir))
+    assert described["max_tokens"] == 512 and described["min_len"] == 7
+    assert described["attribution"]["defaults"]["n_steps"] == 50
+
+
+def test_kserve_instances_of_one_request_all_follow_its_explain_header(handler, model_dir, metrics) -> None:
+    # The KServe envelopes hand over the instances of request 0: more rows than request ids.
+    ctx = make_context(model_dir, metrics, [{"explain": "True"}])
+    out = handler.handle([{"text": CORPUS[0]}, {"name": "input-0", "datatype": "BYTES", "data": CORPUS[3]}], ctx)
+    assert all("attributions" in o for o in out)
+    assert ctx.get_response_status(0)[0] in (None, 200)

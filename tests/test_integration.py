@@ -1,0 +1,371 @@
+"""Integration tests of issue 3 ("Serve it"): the shipped model behind a real TorchServe.
+
+Each server runs in its own temporary working directory on free loopback ports and is always
+stopped by pid (fixture finalizers run also when a test fails). One server per configuration:
+  * the default configuration with batchSize 4 / maxBatchDelay 200 ms (batching tests);
+  * config.kserve.properties with the KServe v1 envelope, and a kservev2 variant of it, both
+    with an archive of batchSize 1 (the KServe envelopes only read request 0 of a batch).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from helpers import REPO, SCRIPTS, SHIPPED
+
+sys.path.insert(0, str(SCRIPTS))
+
+import build_mar  # noqa: E402
+import serve  # noqa: E402
+
+MODEL = "imdb_sentiment"
+TOL = 1e-5
+# The Captum IMDB tutorial's sentences and the labels its model gives them.
+TUTORIAL = {
+    "It was a fantastic performance !": "pos",
+    "Best film ever": "pos",
+    "Such a great show!": "pos",
+    "It was a horrible movie": "neg",
+    "I've never watched something as bad": "neg",
+    "That is a terrible movie.": "neg",
+}
+REVIEWS = {
+    "This movie was absolutely wonderful. The acting was superb and the story kept me engaged "
+    "from start to finish. Highly recommended!": "pos",
+    "One of the worst films I have ever seen. The plot made no sense, the acting was wooden "
+    "and I wanted my money back.": "neg",
+    "A beautiful, moving film with brilliant performances.<br /><br />I loved every minute of it.": "pos",
+    "Boring, predictable and far too long. A complete waste of time.<br /><br />Avoid it.": "neg",
+}
+CUSTOM_METRICS = ("ReviewsServed", "ReviewsExplained", "ReviewTokens", "UnknownTokens",
+                  "ExplanationTimeMsPerReview", "RequestErrors")
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java on PATH")]
+
+
+@dataclass
+class Client:
+    server: serve.Server
+
+    def __post_init__(self) -> None:
+        keys = self.server.keys()
+        self.auth = {"Authorization": f"Bearer {keys['inference']}"}
+        self.management_auth = {"Authorization": f"Bearer {keys['management']}"}
+
+    def post(self, path: str, body: bytes | dict | list | str, content_type: str = "application/json") -> requests.Response:
+        data = body.encode() if isinstance(body, str) else body if isinstance(body, bytes) else json.dumps(body).encode()
+        return requests.post(self.server.inference + path, data=data, timeout=60,
+                             headers={**self.auth, "Content-Type": content_type})
+
+    def answer(self, kind: str, body: bytes | dict | str, content_type: str = "application/json") -> dict:
+        """kind: "predictions" or "explanations"; asserts a 200."""
+        r = self.post(f"/{kind}/{MODEL}", body, content_type)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def log_lines(self) -> list[str]:
+        log = self.server.workdir / "logs" / "ts_log.log"
+        return log.read_text(errors="replace").splitlines() if log.exists() else []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(source: Path, dest: Path, envelope: str | None = None) -> Path:
+    """A copy of ``source`` on free loopback ports, with an absolute metrics_config path.
+
+    Besides its three HTTP APIs TorchServe binds gRPC on 7070/7071 and its workers' socket
+    /tmp/.ts.sock.<initial_worker_port> (java.io.tmpdir, not $TMPDIR) on 9000 by default: a second
+    server on this machine (another test, `make serve`) would clash, so these get free ports too."""
+    text = source.read_text() + "".join(f"\n{key}={free_port()}" for key in
+                                        ("grpc_inference_port", "grpc_management_port", "initial_worker_port")) + "\n"
+    for api in ("inference", "management", "metrics"):
+        text = re.sub(rf"^{api}_address=.*$", f"{api}_address=http://127.0.0.1:{free_port()}", text, flags=re.M)
+    text = re.sub(r"^metrics_config=.*$", f"metrics_config={REPO / 'metrics.yaml'}", text, flags=re.M)
+    if envelope:
+        text = re.sub(r"^service_envelope=.*$", f"service_envelope={envelope}", text, flags=re.M)
+    dest.write_text(text)
+    return dest
+
+
+def build_store(directory: Path, batch_size: int, max_batch_delay: int) -> Path:
+    """Archive the shipped model with a model-config.yaml copy that sets the batching."""
+    config = yaml.safe_load((REPO / "model-config.yaml").read_text())
+    config.update(batchSize=batch_size, maxBatchDelay=max_batch_delay)
+    (directory / "model-config.yaml").write_text(yaml.safe_dump(config))
+    build_mar.build(SHIPPED, directory / "store", directory / "model-config.yaml")
+    return directory / "store"
+
+
+def running(workdir: Path, config: Path, store: Path) -> Iterator[Client]:
+    """Start TorchServe; stop it by pid whatever happens."""
+    try:
+        server = serve.start(workdir, config, store, timeout=120)
+    except BaseException:
+        serve.stop(workdir)  # by the pid file, in case the JVM came up
+        raise
+    try:
+        yield Client(server)
+    finally:
+        serve.stop(server)
+
+
+@pytest.fixture(scope="session")
+def batching_store(tmp_path_factory) -> Path:
+    return build_store(tmp_path_factory.mktemp("mar_batch4"), batch_size=4, max_batch_delay=200)
+
+
+@pytest.fixture(scope="session")
+def single_store(tmp_path_factory) -> Path:
+    # batchSize 1: TorchServe's KServe envelopes read only request 0 of a batch.
+    return build_store(tmp_path_factory.mktemp("mar_batch1"), batch_size=1, max_batch_delay=10)
+
+
+@pytest.fixture(scope="module")
+def ts(tmp_path_factory, batching_store: Path) -> Iterator[Client]:
+    d = tmp_path_factory.mktemp("ts")
+    yield from running(d / "work", write_config(REPO / "config.properties", d / "config.properties"), batching_store)
+
+
+@pytest.fixture(scope="module", params=["kserve", "kservev2"])
+def kserve(request, tmp_path_factory, single_store: Path) -> Iterator[tuple[str, Client]]:
+    d = tmp_path_factory.mktemp(request.param)
+    config = write_config(REPO / "config.kserve.properties", d / "config.properties", envelope=request.param)
+    for client in running(d / "work", config, single_store):
+        yield request.param, client
+
+
+def concurrently(calls: list[Callable[[], requests.Response]]) -> list[requests.Response]:
+    """Fire all calls at once (threads released together) and return their responses in order."""
+    barrier = threading.Barrier(len(calls))
+
+    def fire(call: Callable[[], requests.Response]) -> requests.Response:
+        barrier.wait()
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(fire, calls))
+
+
+def batches_since(client: Client, seen: int, wait: float = 5.0) -> dict[str, dict[str, float]]:
+    """Per handler call after log line ``seen``: {request ids: {metric: value}} from the [METRICS]
+    lines the frontend logs; each line carries the ids of the batch it was emitted for."""
+    pattern = re.compile(r"\[METRICS\](\w+)\.\w+:([\d.]+)\|.*#hostname:[^,]*,\d+,(.+?),? pattern=")
+    deadline = time.time() + wait
+    while True:
+        batches: dict[str, dict[str, float]] = {}
+        for line in client.log_lines()[seen:]:
+            if m := pattern.search(line):
+                batches.setdefault(m.group(3), {})[m.group(1)] = float(m.group(2))
+        if batches or time.time() > deadline:
+            return batches
+        time.sleep(0.2)
+
+
+def top_token(answer: dict, sign: int) -> str:
+    scores = [sign * a for a in answer["attributions"]]
+    return answer["tokens"][scores.index(max(scores))]
+
+
+def assert_complete(answer: dict) -> None:
+    """sum(attributions) = F(x) - F(ref) + delta (float tolerance), and |delta| is small."""
+    gap = answer["logit"] - answer["reference_logit"]
+    assert sum(answer["attributions"]) - gap == pytest.approx(answer["delta"], abs=TOL)
+    assert abs(answer["delta"]) <= 1e-3 * abs(gap) + 1e-4
+
+
+def test_tutorial_sentences_get_the_tutorial_labels(ts: Client) -> None:
+    for text, label in TUTORIAL.items():
+        predicted = ts.answer("predictions", text.encode(), "text/plain")
+        explained = ts.answer("explanations", {"text": text})
+        assert (predicted["label"], explained["label"]) == (label, label), text
+        assert explained["logit"] == pytest.approx(predicted["logit"], abs=TOL)
+        assert "attributions" not in predicted
+        assert len(explained["tokens"]) == len(explained["attributions"]) == explained["n_tokens"]
+
+
+def test_fantastic_is_the_most_positive_and_horrible_the_most_negative_token(ts: Client) -> None:
+    assert top_token(ts.answer("explanations", {"text": "It was a fantastic performance !"}), +1) == "fantastic"
+    assert top_token(ts.answer("explanations", {"text": "It was a horrible movie"}), -1) == "horrible"
+
+
+def test_real_reviews_are_predicted_and_explained(ts: Client) -> None:
+    for text, label in REVIEWS.items():
+        answer = ts.answer("explanations", {"text": text})
+        assert answer["label"] == label, text
+        assert answer["probabilities"]["pos"] == pytest.approx(answer["score"])
+        assert "<br" not in "".join(answer["tokens"]) and not answer["truncated"]
+
+
+def test_attributions_of_reviews_are_complete(ts: Client) -> None:
+    for text in [*REVIEWS, *TUTORIAL]:
+        assert_complete(ts.answer("explanations", {"text": text}))  # the configured method
+        quadrature = ts.answer("explanations", {"text": text, "method": "gausslegendre"})
+        assert quadrature["n_steps"] >= 50
+        assert_complete(quadrature)
+
+
+def test_eight_concurrent_requests_are_batched_and_answered_as_when_alone(ts: Client) -> None:
+    texts = [*TUTORIAL, *REVIEWS][:8]
+    kinds = ["explanations", "predictions"] * 4
+    alone = [ts.answer(kind, {"text": text}) for kind, text in zip(kinds, texts)]
+    seen = len(ts.log_lines())
+    responses = concurrently([lambda k=k, t=t: ts.post(f"/{k}/{MODEL}", {"text": t}) for k, t in zip(kinds, texts)])
+    assert [r.status_code for r in responses] == [200] * 8
+    for kind, single, together in zip(kinds, alone, (r.json() for r in responses)):
+        assert together["label"] == single["label"]
+        assert together["logit"] == pytest.approx(single["logit"], abs=TOL)
+        if kind == "explanations":
+            assert together["tokens"] == single["tokens"]
+            assert together["attributions"] == pytest.approx(single["attributions"], abs=TOL)
+    served = [b["ReviewsServed"] for b in batches_since(ts, seen).values() if "ReviewsServed" in b]
+    assert sum(served) == 8 and max(served) > 1, f"no batch of several requests: {served}"
+
+
+def test_a_batch_mixing_explain_and_predict_answers_each_as_asked(ts: Client) -> None:
+    kinds = ["explanations", "predictions", "predictions", "explanations"]
+    seen = len(ts.log_lines())
+    responses = concurrently([lambda k=k: ts.post(f"/{k}/{MODEL}", {"text": "Best film ever"}) for k in kinds])
+    assert [r.status_code for r in responses] == [200] * 4
+    for kind, r in zip(kinds, responses):
+        assert ("attributions" in r.json() and "tokens" in r.json()) == (kind == "explanations")
+    batches = batches_since(ts, seen).values()
+    assert any(0 < b.get("ReviewsExplained", 0) < b.get("ReviewsServed", 0) for b in batches), list(batches)
+
+
+BAD_REQUESTS = {  # body, content type, what the message must mention
+    "empty body": (b"", "text/plain", "empty"),
+    "invalid utf-8": (b"\xff\xfe review", "application/octet-stream", "UTF-8"),
+    "json without text": (b'{"review": "Best film ever"}', "application/json", "'text'"),
+    "text of wrong type": (b'{"text": 5}', "application/json", "must be a string"),
+    "n_steps out of range": (b'{"text": "Best film ever", "n_steps": 100000}', "application/json", "n_steps"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_REQUESTS)
+def test_a_bad_request_in_a_concurrent_batch_gets_its_4xx_and_the_others_200(ts: Client, kind: str) -> None:
+    body, content_type, hint = BAD_REQUESTS[kind]
+    good = {"text": "It was a horrible movie"}
+    calls = [lambda: ts.post(f"/explanations/{MODEL}", good), lambda: ts.post(f"/explanations/{MODEL}", body, content_type),
+             lambda: ts.post(f"/predictions/{MODEL}", good), lambda: ts.post(f"/explanations/{MODEL}", good)]
+    seen = len(ts.log_lines())
+    responses = concurrently(calls)
+    assert [r.status_code for r in responses] == [200, 400, 200, 200], [r.text for r in responses]
+    error = responses[1].json()
+    assert error["code"] == 400 and hint in error["message"], error
+    assert all(r.json()["label"] == "neg" for i, r in enumerate(responses) if i != 1)
+    batches = batches_since(ts, seen).values()
+    assert any(b.get("RequestErrors") and b.get("ReviewsServed") for b in batches), list(batches)
+
+
+def scrape(client: Client) -> dict[str, float]:
+    """Prometheus text -> {metric name: value} for this model's handler metrics."""
+    text = requests.get(client.server.metrics + "/metrics", headers=client.auth, timeout=10).text
+    return {m.group(1): float(m.group(2)) for m in re.finditer(rf'^(\w+)\{{ModelName="{MODEL}".*\}} (\S+)$', text, re.M)}
+
+
+def test_custom_metrics_are_on_the_metrics_endpoint(ts: Client) -> None:
+    ts.answer("explanations", {"text": "It was a fantastic performance !"})
+    assert ts.post(f"/predictions/{MODEL}", {"text": 5}).status_code == 400
+    deadline = time.time() + 5
+    while not set(CUSTOM_METRICS) <= set(metrics := scrape(ts)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert set(CUSTOM_METRICS) <= set(metrics), metrics
+    assert metrics["ReviewsServed"] >= metrics["ReviewsExplained"] >= 1 and metrics["RequestErrors"] >= 1
+    assert metrics["ReviewTokens"] >= 6 and metrics["ExplanationTimeMsPerReview"] > 0
+
+
+def test_requests_without_or_with_a_bad_token_are_refused(ts: Client) -> None:
+    urls = [ts.server.inference + "/ping", ts.server.inference + f"/predictions/{MODEL}", ts.server.management + "/models"]
+    for url in urls:
+        for headers in ({}, {"Authorization": "Bearer not-the-key"}):
+            r = requests.post(url, data=b"Best film ever", headers={**headers, "Content-Type": "text/plain"}, timeout=10) \
+                if "predictions" in url else requests.get(url, headers=headers, timeout=10)
+            # TorchServe 0.12 answers a failed token check with 400 InvalidKeyException.
+            assert r.status_code == 400 and "Token Authorization failed" in r.json()["message"], (url, r.text)
+    assert requests.get(urls[0], headers=ts.auth, timeout=10).json() == {"status": "Healthy"}
+
+
+def test_model_registration_over_the_management_api_is_refused(ts: Client) -> None:
+    r = requests.post(ts.server.management + f"/models?url={MODEL}.mar", headers=ts.management_auth, timeout=10)
+    assert r.status_code == 405, r.text  # enable_model_api=false
+    r = requests.get(ts.server.management + "/models", headers=ts.management_auth, timeout=10)
+    assert [m["modelName"] for m in r.json()["models"]] == [MODEL]
+
+
+def test_describe_returns_labels_and_vocab_size(ts: Client) -> None:
+    r = requests.get(ts.server.management + f"/models/{MODEL}?customized=true", headers=ts.management_auth, timeout=30)
+    assert r.status_code == 200, r.text
+    (described,) = r.json()
+    meta = described["customizedMetadata"]
+    meta = json.loads(meta) if isinstance(meta, str) else meta
+    vocab_size = len(json.loads((SHIPPED / "vocab.json").read_text()))
+    assert meta["labels"] == ["neg", "pos"] and meta["vocab_size"] == vocab_size
+    assert (described["batchSize"], described["maxBatchDelay"]) == (4, 200)
+
+
+def kserve_answers(flavour: str, client: Client, texts: list[str], explain: bool) -> list[dict]:
+    """One KServe request for ``texts``; v1 instances / v2 BYTES inputs, one per review."""
+    if flavour == "kserve":
+        r = client.post(f"/v1/models/{MODEL}:{'explain' if explain else 'predict'}", {"instances": [{"text": t} for t in texts]})
+        assert r.status_code == 200, r.text
+        return r.json()["explanations" if explain else "predictions"]
+    inputs = [{"name": f"input-{i}", "shape": [1], "datatype": "BYTES", "data": [t]} for i, t in enumerate(texts)]
+    r = client.post(f"/v2/models/{MODEL}/{'explain' if explain else 'infer'}", {"id": "req-1", "inputs": inputs})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] == "req-1" and body["model_name"] == MODEL
+    assert [o["name"] for o in body["outputs"]] == [i["name"] for i in inputs]
+    return [o["data"][0] for o in body["outputs"]]
+
+
+def test_kserve_predict_and_explain_answer_each_instance(kserve: tuple[str, Client]) -> None:
+    flavour, client = kserve
+    texts, labels = list(TUTORIAL), list(TUTORIAL.values())
+    predicted = kserve_answers(flavour, client, texts, explain=False)
+    explained = kserve_answers(flavour, client, texts, explain=True)
+    assert [p["label"] for p in predicted] == [e["label"] for e in explained] == labels
+    assert not any("attributions" in p for p in predicted)
+    assert top_token(explained[0], +1) == "fantastic"
+    for answer in explained:
+        assert_complete(answer)
+
+
+def test_kserve_servers_do_not_batch_requests(kserve: tuple[str, Client]) -> None:
+    _, client = kserve
+    r = requests.get(client.server.management + f"/models/{MODEL}", headers=client.management_auth, timeout=10)
+    assert r.json()[0]["batchSize"] == 1
+
+
+def test_kserve_bad_instance_gets_its_error_beside_the_good_ones(kserve: tuple[str, Client]) -> None:
+    # The envelope hands the handler all instances of one request: one HTTP status for all, so a
+    # bad instance among good ones is answered 200 with its error object in its place.
+    flavour, client = kserve
+    if flavour == "kserve":
+        r = client.post(f"/v1/models/{MODEL}:predict", {"instances": [{"text": 5}, {"text": "Best film ever"}]})
+        answers = r.json()["predictions"]
+    else:
+        inputs = [{"name": "input-0", "shape": [1], "datatype": "INT64", "data": [5]},
+                  {"name": "input-1", "shape": [1], "datatype": "BYTES", "data": ["Best film ever"]}]
+        r = client.post(f"/v2/models/{MODEL}/infer", {"inputs": inputs})
+        answers = [o["data"][0] for o in r.json()["outputs"]]
+    assert r.status_code == 200, r.text
+    assert answers[0]["code"] == 400 and answers[0]["message"]
+    assert answers[1]["label"] == "pos"
