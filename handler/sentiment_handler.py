@@ -85,7 +85,6 @@ class SentimentHandler(BaseHandler):
         return out
 
     def _answer(self, rows, batch, reviews, explain, out, per_request) -> None:
-        bases = {}
         predict_pos = [k for k, i in enumerate(rows) if not explain[i]]
         if predict_pos:
             with torch.inference_mode():

@@ -16,17 +16,25 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACT_FILES = ("weights.safetensors", "model_config.json", "vocab.json", "metrics.json")
 
 
-def build(artifacts: Path, export_path: Path, config: Path, version: str = "1.0", name: str = "imdb_sentiment") -> Path:
+def build(artifacts: Path, export_path: Path, config: Path = REPO / "model-config.yaml", version: str = "1.0",
+          name: str = "imdb_sentiment", **overrides) -> Path:
+    """Archive ``artifacts``; ``overrides`` replace top-level model-config keys (e.g. batchSize=1)."""
     artifacts, export_path = Path(artifacts), Path(export_path)
     missing = [f for f in ARTIFACT_FILES[:3] if not (artifacts / f).exists()]
     if missing:
         raise FileNotFoundError(f"{artifacts} lacks {', '.join(missing)}: run `make train` or use the committed model")
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as stage:
+        if overrides:
+            settings = {**yaml.safe_load(Path(config).read_text()), **overrides}
+            config = Path(stage) / "model-config.yaml"
+            config.write_text(yaml.safe_dump(settings, sort_keys=False))
         pkg = Path(stage) / "pkg"
         shutil.copytree(REPO / "handler", pkg / "handler", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         extra = [str(pkg)] + [str(artifacts / f) for f in ARTIFACT_FILES[1:] if (artifacts / f).exists()]

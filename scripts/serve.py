@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,32 @@ class Server:
     def keys(self) -> dict:
         data = json.loads(self.key_file.read_text())
         return {"inference": data["inference"]["key"], "management": data["management"]["key"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def isolated_config(dest: Path, source: Path = REPO / "config.properties", **overrides: str) -> Path:
+    """A copy of ``source`` on free loopback ports, so that servers never meet on one machine.
+
+    Besides its three HTTP APIs TorchServe binds gRPC (7070/7071) and names its worker socket
+    /tmp/.ts.sock.<initial_worker_port> (java.io.tmpdir, not $TMPDIR; 9000 by default): all move.
+    ``overrides`` set further keys (e.g. service_envelope, model_store).
+    """
+    worker_port = next(p for p in iter(free_port, None) if not Path(f"/tmp/.ts.sock.{p}").exists())
+    values = {f"{api}_address": f"http://127.0.0.1:{free_port()}" for api in ("inference", "management", "metrics")}
+    values.update(grpc_inference_port=str(free_port()), grpc_management_port=str(free_port()),
+                  initial_worker_port=str(worker_port), metrics_config=str(REPO / "metrics.yaml"), **overrides)
+    text = Path(source).read_text()
+    for key, value in values.items():
+        text, found = re.subn(rf"^{key}=.*$", f"{key}={value}", text, flags=re.M)
+        if not found:
+            text += f"\n{key}={value}"
+    Path(dest).write_text(text + "\n")
+    return Path(dest)
 
 
 def read_addresses(config: Path) -> dict[str, str]:

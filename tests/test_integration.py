@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from helpers import REPO, SCRIPTS, SHIPPED
 
@@ -82,35 +80,9 @@ class Client:
         return log.read_text(errors="replace").splitlines() if log.exists() else []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_config(source: Path, dest: Path, envelope: str | None = None) -> Path:
-    """A copy of ``source`` on free loopback ports, with an absolute metrics_config path.
-
-    Besides its three HTTP APIs TorchServe binds gRPC on 7070/7071 and its workers' socket
-    /tmp/.ts.sock.<initial_worker_port> (java.io.tmpdir, not $TMPDIR) on 9000 by default: a second
-    server on this machine (another test, `make serve`) would clash, so these get free ports too."""
-    text = source.read_text() + "".join(f"\n{key}={free_port()}" for key in
-                                        ("grpc_inference_port", "grpc_management_port", "initial_worker_port")) + "\n"
-    for api in ("inference", "management", "metrics"):
-        text = re.sub(rf"^{api}_address=.*$", f"{api}_address=http://127.0.0.1:{free_port()}", text, flags=re.M)
-    text = re.sub(r"^metrics_config=.*$", f"metrics_config={REPO / 'metrics.yaml'}", text, flags=re.M)
-    if envelope:
-        text = re.sub(r"^service_envelope=.*$", f"service_envelope={envelope}", text, flags=re.M)
-    dest.write_text(text)
-    return dest
-
-
 def build_store(directory: Path, batch_size: int, max_batch_delay: int) -> Path:
-    """Archive the shipped model with a model-config.yaml copy that sets the batching."""
-    config = yaml.safe_load((REPO / "model-config.yaml").read_text())
-    config.update(batchSize=batch_size, maxBatchDelay=max_batch_delay)
-    (directory / "model-config.yaml").write_text(yaml.safe_dump(config))
-    build_mar.build(SHIPPED, directory / "store", directory / "model-config.yaml")
+    """Archive the shipped model with its batching settings replaced."""
+    build_mar.build(SHIPPED, directory / "store", batchSize=batch_size, maxBatchDelay=max_batch_delay)
     return directory / "store"
 
 
@@ -141,13 +113,14 @@ def single_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ts(tmp_path_factory, batching_store: Path) -> Iterator[Client]:
     d = tmp_path_factory.mktemp("ts")
-    yield from running(d / "work", write_config(REPO / "config.properties", d / "config.properties"), batching_store)
+    yield from running(d / "work", serve.isolated_config(d / "config.properties"), batching_store)
 
 
 @pytest.fixture(scope="module", params=["kserve", "kservev2"])
 def kserve(request, tmp_path_factory, single_store: Path) -> Iterator[tuple[str, Client]]:
     d = tmp_path_factory.mktemp(request.param)
-    config = write_config(REPO / "config.kserve.properties", d / "config.properties", envelope=request.param)
+    config = serve.isolated_config(d / "config.properties", REPO / "config.kserve.properties",
+                                   service_envelope=request.param)
     for client in running(d / "work", config, single_store):
         yield request.param, client
 

@@ -2,7 +2,6 @@
 import json
 import struct
 
-import pytest
 import torch
 
 from helpers import SHIPPED, tiny_artifacts
