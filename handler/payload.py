@@ -26,6 +26,7 @@ class Limits:
     max_chars: int = 100_000  # body size guard, before tokenizing
     max_n_steps: int = 1024
     min_n_steps: int = 2
+    max_instances: int = 64  # reviews in one KServe request (v1 instances, v2 BYTES elements)
 
 
 @dataclass
@@ -68,6 +69,89 @@ def decode(item: Any, limits: Limits) -> Review:
     if isinstance(body, str):
         return Review(_check_text(body, limits))
     raise RequestError(f"expected review text or a JSON object with 'text', got {type(body).__name__}")
+
+
+@dataclass
+class Request:
+    """One TorchServe row as a list of instances, each to go through ``decode``.
+
+    ``protocol`` is None for a plain request (its one instance is the row itself), else "v1" or
+    "v2". For v2, ``inputs`` keeps (name, number of reviews) per input in order, so that the
+    answers can be split back into outputs, and ``id`` the body's id.
+    """
+
+    instances: list[Any]
+    protocol: str | None = None
+    inputs: list[tuple[str, int]] = field(default_factory=list)
+    id: str | None = None
+
+
+def parse_request(row: Any, limits: Limits) -> Request:
+    """Tell a KServe v1 ({"instances": [...]}) or v2 ({"inputs": [...]}) body from a plain one.
+
+    The handler, not TorchServe's service envelope, reads KServe bodies: the envelopes read only
+    request 0 of a frontend batch, this works per row. A body that is not a JSON object with
+    "instances" or "inputs" is a plain request and left to ``decode`` (which reports its errors).
+    A malformed KServe body raises RequestError: there is no instance to answer in its place.
+    """
+    body = row
+    if isinstance(row, dict) and ("body" in row or "data" in row):
+        body = row["data"] if row.get("data") is not None else row.get("body")
+    if isinstance(body, (bytes, bytearray)) and bytes(body).lstrip().startswith(b"{"):
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError):
+            return Request([row])  # decode says what is wrong with it
+    if isinstance(body, dict) and "instances" in body:
+        return Request(_instances(body["instances"], "'instances'", limits), "v1")
+    if isinstance(body, dict) and "inputs" in body:
+        return _v2_request(body, limits)
+    return Request([row])
+
+
+def _instances(items: Any, what: str, limits: Limits) -> list:
+    if not isinstance(items, list) or not items:
+        raise RequestError(f"{what} must be a non-empty list")
+    if len(items) > limits.max_instances:
+        raise RequestError(f"at most {limits.max_instances} reviews in one KServe request, got {len(items)}")
+    return items
+
+
+def _v2_request(body: dict, limits: Limits) -> Request:
+    """v2 (Open Inference Protocol): each element of a BYTES input's data is one review."""
+    inputs = _instances(body["inputs"], "'inputs'", limits)
+    request = Request([], "v2", id=body.get("id") if isinstance(body.get("id"), str) and body["id"].strip() else None)
+    for k, item in enumerate(inputs):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise RequestError(f"input {k} must be an object with a 'name'")
+        if item.get("datatype") != "BYTES":
+            raise RequestError(f"input '{item['name']}' must have datatype BYTES (the review text)")
+        data, shape = item.get("data"), item.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise RequestError(f"input '{item['name']}' needs a 'shape' list of sizes")
+        data = _instances(data, f"'data' of input '{item['name']}'", limits)
+        if math.prod(shape) != len(data):
+            raise RequestError(f"input '{item['name']}' has shape {shape} but {len(data)} data elements")
+        request.instances += data
+        request.inputs.append((item["name"], len(data)))
+    _instances(request.instances, "'inputs'", limits)  # the limit holds for the request, not per input
+    return request
+
+
+def kserve_response(request: Request, answers: list[dict], explain: bool, request_id: str | None,
+                    model_name: str, model_version: str | None) -> dict:
+    """The KServe answer of one request; ``answers`` holds one dict (or error body) per instance.
+
+    v2 outputs mirror the inputs: one output per input, named like it, with one answer per review.
+    """
+    if request.protocol == "v1":
+        return {"explanations" if explain else "predictions": answers}
+    outputs, start = [], 0
+    for name, n in request.inputs:
+        outputs.append({"name": name, "shape": [n], "datatype": "BYTES", "data": answers[start:start + n]})
+        start += n
+    return {"id": request.id or request_id, "model_name": model_name, "model_version": model_version,
+            "outputs": outputs}
 
 
 def _from_json(obj: dict, limits: Limits) -> Review:

@@ -5,6 +5,10 @@ Unlike TorchServe's stock handlers, every request of a batch is judged on its ow
 its own 4xx via ``context.set_response_status``) and its own explanation. Mixed batches are
 served in one pass: one forward for the predictions and one Layer-IG call per distinct set of
 explanation options, which also yields the explained rows' logits.
+
+KServe v1 and v2 bodies are read here too, per request (``payload.parse_request``), so KServe
+works with batching and without TorchServe's service envelope: the reviews of all requests of a
+batch are answered together and each request gets its own KServe answer and status.
 """
 from __future__ import annotations
 
@@ -49,42 +53,85 @@ class SentimentHandler(BaseHandler):
             raise ValueError(f"min_len {self.min_len} is below the widest filter ({widest})")
         known = {f.name for f in fields(IGSettings)}
         self.ig = IGSettings(**{k: v for k, v in cfg.get("explain", {}).items() if k in known})
-        self.limits = payload.Limits(max_chars=int(cfg.get("max_chars", 100_000)), max_n_steps=self.ig.max_steps)
+        self.limits = payload.Limits(max_chars=int(cfg.get("max_chars", 100_000)), max_n_steps=self.ig.max_steps,
+                                     max_instances=int(cfg.get("max_instances", 64)))
         self.manifest = context.manifest
         self.initialized = True
         logger.info("imdb_sentiment on %s, vocab %d, explain %s (fast engine applies: %s)",
                     self.device, len(self.vocab), self.ig, fast_engine_applies(self.model))
 
     def handle(self, data: list, context) -> list:
+        """Answer a frontend batch: all reviews of all its requests in one pass, one answer per request.
+
+        A request is a plain review or a KServe v1/v2 body of several reviews (``payload.parse_request``);
+        the reviews of all requests are flattened into one list, answered together, and put back.
+        """
         self.context = context
         if self._is_describe():
             return [self.describe_handle()]
         started = time.perf_counter()
         n = len(data)
-        # KServe envelopes hand over the instances of request 0; TorchServe rows map 1:1 to requests.
+        # TorchServe rows map 1:1 to requests, except under TorchServe's own KServe envelopes: they
+        # hand over the instances of request 0, which are then answered as plain rows of request 0.
         per_request = context.request_ids is not None and len(context.request_ids) == n
-        explain = [self._header(i if per_request else 0, "explain") for i in range(n)]
-        out: list = [None] * n
-        reviews = {}
-        for i, item in enumerate(data):
+        requests: list[payload.Request | payload.RequestError] = []
+        for i, row in enumerate(data):
             try:
-                reviews[i] = payload.decode(item, self.limits)
+                requests.append(payload.parse_request(row, self.limits) if per_request else payload.Request([row]))
             except payload.RequestError as err:
-                out[i] = self._error(i, err, per_request)
+                requests.append(err)
+        row_explain = [self._header(i if per_request else 0, "explain") for i in range(n)]
+        items = [(i, item) for i, r in enumerate(requests) if isinstance(r, payload.Request) for item in r.instances]
+        explain = [row_explain[i] for i, _ in items]
+        out: list[dict | payload.RequestError | None] = [None] * len(items)
+        reviews = {}
+        for k, (_, item) in enumerate(items):
+            try:
+                reviews[k] = payload.decode(item, self.limits)
+            except payload.RequestError as err:
+                out[k] = err
         rows = sorted(reviews)
-        token_lists = tokenize([reviews[i].text for i in rows])
-        for i, tokens in zip(list(rows), token_lists):
+        token_lists = tokenize([reviews[k].text for k in rows])
+        for k, tokens in zip(list(rows), token_lists):
             if not tokens:
-                rows.remove(i)
-                out[i] = self._error(i, payload.RequestError("review has no tokens after tokenizing"), per_request)
+                rows.remove(k)
+                out[k] = payload.RequestError("review has no tokens after tokenizing")
         token_lists = [t for t in token_lists if t]
         if rows:
             batch = encode(token_lists, self.vocab, self.min_len, self.max_tokens).to(self.device)
-            self._answer(rows, batch, reviews, explain, out, per_request)
+            self._answer(rows, batch, reviews, explain, out)
             self._metrics(batch, explain, rows, started)
-        return out
+        errors = sum(isinstance(r, payload.RequestError) for r in requests + out)
+        if errors:
+            self._metric("RequestErrors", errors, "Count")
+        return self._reply(requests, out, row_explain, per_request)
 
-    def _answer(self, rows, batch, reviews, explain, out, per_request) -> None:
+    def _reply(self, requests: list, out: list, row_explain: list[bool], per_request: bool) -> list:
+        """One answer per row: plain rows get their answer or error (and its status); KServe rows
+        their envelope, 200 if any review succeeded, else the status of the first error."""
+        replies, pos = [], 0
+        for i, request in enumerate(requests):
+            if isinstance(request, payload.RequestError):
+                replies.append(self._error(i, request, per_request))
+                continue
+            answers = out[pos:pos + len(request.instances)]
+            pos += len(request.instances)
+            if request.protocol is None:
+                (answer,) = answers
+                replies.append(self._error(i, answer, per_request) if isinstance(answer, payload.RequestError) else answer)
+                continue
+            failed = [a for a in answers if isinstance(a, payload.RequestError)]
+            if len(failed) == len(answers):
+                self._error(i, failed[0], per_request)
+            bodies = [payload.error_body(a) if isinstance(a, payload.RequestError) else a for a in answers]
+            version = ((self.context.manifest or {}).get("model") or {}).get("modelVersion")
+            replies.append(payload.kserve_response(request, bodies, row_explain[i], self.context.get_request_id(i),
+                                                   self.context.model_name, version))
+        return replies
+
+    def _answer(self, rows, batch, reviews, explain, out) -> None:
+        """Fill ``out`` for the reviews ``rows``: one forward for the predictions, one Layer-IG call
+        per distinct explanation settings (which also yields the explained reviews' logits)."""
         predict_pos = [k for k, i in enumerate(rows) if not explain[i]]
         if predict_pos:
             with torch.inference_mode():
@@ -99,7 +146,7 @@ class SentimentHandler(BaseHandler):
                 try:
                     settings = replace(self.ig, **reviews[i].options)
                 except ValueError as err:
-                    out[i] = self._error(i, payload.RequestError(str(err)), per_request)
+                    out[i] = payload.RequestError(str(err))
                     continue
                 groups.setdefault(settings, []).append(k)
         for settings, ks in groups.items():
@@ -124,7 +171,6 @@ class SentimentHandler(BaseHandler):
     def _error(self, idx: int, err: payload.RequestError, per_request: bool) -> dict:
         if per_request:
             self.context.set_response_status(err.code, str(err), idx)
-        self._metric("RequestErrors", 1, "Count")
         return payload.error_body(err)
 
     def _metrics(self, batch, explain, rows, started) -> None:

@@ -55,7 +55,8 @@ def handler(model_dir: Path, metrics: MetricsCacheYamlImpl) -> SentimentHandler:
 def make_context(model_dir: Path, metrics: MetricsCacheYamlImpl, headers: list[dict]) -> Context:
     """A Context as TorchServe's worker builds it for one batch: one RequestProcessor per request."""
     model_yaml = yaml.safe_load((REPO / "model-config.yaml").read_text())
-    ctx = Context(MODEL, str(model_dir), {"model": {"modelName": MODEL}}, len(headers), None, "0.12.0",
+    manifest = {"model": {"modelName": MODEL, "modelVersion": "1.0"}}
+    ctx = Context(MODEL, str(model_dir), manifest, len(headers), None, "0.12.0",
                   metrics=metrics, model_yaml_config=model_yaml)
     ctx.request_processor = [RequestProcessor(h) for h in headers]
     ctx.request_ids = {i: str(i) for i in range(len(headers))}
@@ -194,3 +195,60 @@ def test_kserve_instances_of_one_request_all_follow_its_explain_header(handler, 
     out = handler.handle([{"text": CORPUS[0]}, {"name": "input-0", "datatype": "BYTES", "data": CORPUS[3]}], ctx)
     assert all("attributions" in o for o in out)
     assert ctx.get_response_status(0)[0] in (None, 200)
+
+
+def v2_body(*texts, name: str = "input-0", **extra) -> dict:
+    return {**extra, "inputs": [{"name": name, "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}]}
+
+
+def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shape(run, handler, monkeypatch) -> None:
+    counted: list[tuple[str, float]] = []
+    monkeypatch.setattr(handler, "_metric", lambda name, value, unit, gauge=False: counted.append((name, value)))
+    rows = [(CORPUS[0], False),
+            ({"instances": [{"text": CORPUS[1]}, CORPUS[3]]}, False),
+            (v2_body(CORPUS[2], CORPUS[4], id="req-9"), True),
+            ({"instances": [{"text": CORPUS[6], "method": "gausslegendre"}]}, True),
+            (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["Best film ever"]}]}', False)]
+    out, status = run(rows)
+    assert status == [200] * 5
+    assert out[0]["label"] in ("neg", "pos") and "attributions" not in out[0]
+    assert list(out[1]) == ["predictions"] and len(out[1]["predictions"]) == 2
+    assert list(out[3]) == ["explanations"] and out[3]["explanations"][0]["method"] == "gausslegendre"
+    assert {k: out[2][k] for k in ("id", "model_name", "model_version")} == {"id": "req-9", "model_name": MODEL,
+                                                                          "model_version": "1.0"}
+    (output,) = out[2]["outputs"]
+    assert (output["name"], output["shape"], output["datatype"], len(output["data"])) == ("input-0", [2], "BYTES", 2)
+    assert out[4]["id"] == "4" and out[4]["outputs"][0]["name"] == "a"  # no body id: TorchServe's request id
+    # every review is answered as when alone, and explained only in the explain requests
+    together = [out[0], *out[1]["predictions"], *output["data"], *out[3]["explanations"], out[4]["outputs"][0]["data"][0]]
+    alone_rows = [(CORPUS[0], False), (CORPUS[1], False), (CORPUS[3], False), (CORPUS[2], True), (CORPUS[4], True),
+                  ({"text": CORPUS[6], "method": "gausslegendre"}, True), (CORPUS[1], False)]
+    for (body, explain), answer in zip(alone_rows, together):
+        alone = run([(body, explain)])[0][0]
+        assert ("attributions" in answer) == explain
+        assert answer["logit"] == pytest.approx(alone["logit"], abs=TOL)
+        if explain:
+            assert answer["attributions"] == pytest.approx(alone["attributions"], abs=TOL)
+    served = [value for name, value in counted if name == "ReviewsServed"]
+    assert served[0] == 7  # metrics count reviews, not requests
+
+
+def test_kserve_bad_instances_are_answered_inline_and_fail_the_request_only_when_all_fail(run) -> None:
+    out, status = run([({"instances": [{"text": 5}, CORPUS[1], ""]}, False),
+                       (v2_body("", "<br />"), True),
+                       ({"instances": [{"text": 5}]}, True),
+                       (CORPUS[0], False)])
+    assert status == [200, 400, 400, 200]
+    bad, good, empty = out[0]["predictions"]
+    assert bad["code"] == 400 and "string" in bad["message"] and empty["code"] == 400 and good["label"]
+    assert [a["code"] for a in out[1]["outputs"][0]["data"]] == [400, 400]
+    assert out[2]["explanations"][0]["code"] == 400
+
+
+def test_malformed_kserve_body_is_a_400_for_its_request_alone(run) -> None:
+    fp32 = {"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    out, status = run([({"instances": []}, False), (fp32, False), ({"instances": ["x"] * 65}, False),
+                       ({"instances": [CORPUS[0]]}, False)])
+    assert status == [400, 400, 400, 200]
+    assert "non-empty" in out[0]["message"] and "BYTES" in out[1]["message"] and "at most 64" in out[2]["message"]
+    assert out[3]["predictions"][0]["label"] in ("neg", "pos")

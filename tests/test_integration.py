@@ -3,8 +3,10 @@
 Each server runs in its own temporary working directory on free loopback ports and is always
 stopped by pid (fixture finalizers run also when a test fails). One server per configuration:
   * the default configuration with batchSize 4 / maxBatchDelay 200 ms (batching tests);
-  * config.kserve.properties with the KServe v1 envelope, and a kservev2 variant of it, both
-    with an archive of batchSize 1 (the KServe envelopes only read request 0 of a batch).
+  * config.kserve.properties on the same batching archive: the handler reads KServe v1 and v2
+    bodies itself, per request, so KServe requests are batched like any other;
+  * config.kserve.properties with TorchServe's own kservev2 envelope, on an archive of batchSize 1
+    (the envelopes only read request 0 of a batch): old configurations keep working.
 """
 from __future__ import annotations
 
@@ -116,13 +118,19 @@ def ts(tmp_path_factory, batching_store: Path) -> Iterator[Client]:
     yield from running(d / "work", serve.isolated_config(d / "config.properties"), batching_store)
 
 
-@pytest.fixture(scope="module", params=["kserve", "kservev2"])
-def kserve(request, tmp_path_factory, single_store: Path) -> Iterator[tuple[str, Client]]:
-    d = tmp_path_factory.mktemp(request.param)
-    config = serve.isolated_config(d / "config.properties", REPO / "config.kserve.properties",
-                                   service_envelope=request.param)
-    for client in running(d / "work", config, single_store):
-        yield request.param, client
+@pytest.fixture(scope="module")
+def kserve(tmp_path_factory, batching_store: Path) -> Iterator[Client]:
+    """config.kserve.properties as shipped (no service envelope) on the batching archive."""
+    d = tmp_path_factory.mktemp("kserve")
+    config = serve.isolated_config(d / "config.properties", REPO / "config.kserve.properties")
+    yield from running(d / "work", config, batching_store)
+
+
+@pytest.fixture(scope="module")
+def kservev2_envelope(tmp_path_factory, single_store: Path) -> Iterator[Client]:
+    d = tmp_path_factory.mktemp("kservev2_envelope")
+    config = serve.isolated_config(d / "config.properties", REPO / "config.kserve.properties", service_envelope="kservev2")
+    yield from running(d / "work", config, single_store)
 
 
 def concurrently(calls: list[Callable[[], requests.Response]]) -> list[requests.Response]:
@@ -294,51 +302,90 @@ def test_describe_returns_labels_and_vocab_size(ts: Client) -> None:
     assert (described["batchSize"], described["maxBatchDelay"]) == (4, 200)
 
 
-def kserve_answers(flavour: str, client: Client, texts: list[str], explain: bool) -> list[dict]:
-    """One KServe request for ``texts``; v1 instances / v2 BYTES inputs, one per review."""
-    if flavour == "kserve":
-        r = client.post(f"/v1/models/{MODEL}:{'explain' if explain else 'predict'}", {"instances": [{"text": t} for t in texts]})
-        assert r.status_code == 200, r.text
-        return r.json()["explanations" if explain else "predictions"]
-    inputs = [{"name": f"input-{i}", "shape": [1], "datatype": "BYTES", "data": [t]} for i, t in enumerate(texts)]
-    r = client.post(f"/v2/models/{MODEL}/{'explain' if explain else 'infer'}", {"id": "req-1", "inputs": inputs})
-    assert r.status_code == 200, r.text
+def kserve_call(flavour: str, texts: list, explain: bool) -> tuple[str, dict]:
+    """Path and body of one KServe request for ``texts``: v1 instances, or one v2 BYTES input of
+    shape [len(texts)] (each data element one review)."""
+    if flavour == "v1":
+        return f"/v1/models/{MODEL}:{'explain' if explain else 'predict'}", {"instances": texts}
+    inputs = [{"name": "reviews", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]
+    return f"/v2/models/{MODEL}/{'explain' if explain else 'infer'}", {"id": "req-1", "inputs": inputs}
+
+
+def kserve_answers(flavour: str, r: requests.Response, explain: bool) -> list[dict]:
+    """The per-review answers of a KServe response, after checking its envelope."""
     body = r.json()
-    assert body["id"] == "req-1" and body["model_name"] == MODEL
-    assert [o["name"] for o in body["outputs"]] == [i["name"] for i in inputs]
-    return [o["data"][0] for o in body["outputs"]]
+    if flavour == "v1":
+        assert list(body) == ["explanations" if explain else "predictions"], body
+        return body["explanations" if explain else "predictions"]
+    assert (body["id"], body["model_name"], body["model_version"]) == ("req-1", MODEL, "1.0"), body
+    (output,) = body["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("reviews", "BYTES", [len(output["data"])])
+    return output["data"]
 
 
-def test_kserve_predict_and_explain_answer_each_instance(kserve: tuple[str, Client]) -> None:
-    flavour, client = kserve
+@pytest.mark.parametrize("flavour", ["v1", "v2"])
+def test_kserve_predict_and_explain_answer_each_instance(kserve: Client, flavour: str) -> None:
     texts, labels = list(TUTORIAL), list(TUTORIAL.values())
-    predicted = kserve_answers(flavour, client, texts, explain=False)
-    explained = kserve_answers(flavour, client, texts, explain=True)
+    answers = {}
+    for explain in (False, True):
+        r = kserve.post(*kserve_call(flavour, [{"text": t} if flavour == "v1" else t for t in texts], explain))
+        assert r.status_code == 200, r.text
+        answers[explain] = kserve_answers(flavour, r, explain)
+    predicted, explained = answers[False], answers[True]
     assert [p["label"] for p in predicted] == [e["label"] for e in explained] == labels
     assert not any("attributions" in p for p in predicted)
     assert top_token(explained[0], +1) == "fantastic"
-    for answer in explained:
-        assert_complete(answer)
+    for p, e in zip(predicted, explained):
+        assert e["logit"] == pytest.approx(p["logit"], abs=TOL)
+        assert_complete(e)
 
 
-def test_kserve_servers_do_not_batch_requests(kserve: tuple[str, Client]) -> None:
-    _, client = kserve
-    r = requests.get(client.server.management + f"/models/{MODEL}", headers=client.management_auth, timeout=10)
-    assert r.json()[0]["batchSize"] == 1
+def test_eight_concurrent_kserve_requests_are_batched_and_answered_as_when_alone(kserve: Client) -> None:
+    texts = [*TUTORIAL, *REVIEWS]
+    kinds = [("v1", False), ("v1", True), ("v2", False), ("v2", True)] * 2
+    calls = [kserve_call(flavour, texts[k:k + 2], explain) for k, (flavour, explain) in enumerate(kinds)]
+    alone = [kserve_answers(f, kserve.post(*call), e) for (f, e), call in zip(kinds, calls)]
+    seen = len(kserve.log_lines())
+    responses = concurrently([lambda call=call: kserve.post(*call) for call in calls])
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    for (flavour, explain), single, r in zip(kinds, alone, responses):
+        for one, together in zip(single, kserve_answers(flavour, r, explain), strict=True):
+            assert together["label"] == one["label"]
+            assert together["logit"] == pytest.approx(one["logit"], abs=TOL)
+            if explain:
+                assert together["tokens"] == one["tokens"]
+                assert together["attributions"] == pytest.approx(one["attributions"], abs=TOL)
+    served = [b["ReviewsServed"] for b in batches_since(kserve, seen).values() if "ReviewsServed" in b]
+    assert sum(served) == 16 and max(served) > 2, f"no batch of several KServe requests: {served}"
 
 
-def test_kserve_bad_instance_gets_its_error_beside_the_good_ones(kserve: tuple[str, Client]) -> None:
-    # The envelope hands the handler all instances of one request: one HTTP status for all, so a
-    # bad instance among good ones is answered 200 with its error object in its place.
-    flavour, client = kserve
-    if flavour == "kserve":
-        r = client.post(f"/v1/models/{MODEL}:predict", {"instances": [{"text": 5}, {"text": "Best film ever"}]})
-        answers = r.json()["predictions"]
-    else:
-        inputs = [{"name": "input-0", "shape": [1], "datatype": "INT64", "data": [5]},
-                  {"name": "input-1", "shape": [1], "datatype": "BYTES", "data": ["Best film ever"]}]
-        r = client.post(f"/v2/models/{MODEL}/infer", {"inputs": inputs})
-        answers = [o["data"][0] for o in r.json()["outputs"]]
+def test_kserve_bad_instance_is_answered_inline_and_a_request_of_only_bad_ones_is_a_400(kserve: Client) -> None:
+    r = kserve.post(f"/v1/models/{MODEL}:predict", {"instances": [{"text": 5}, {"text": "Best film ever"}]})
     assert r.status_code == 200, r.text
-    assert answers[0]["code"] == 400 and answers[0]["message"]
-    assert answers[1]["label"] == "pos"
+    bad, good = r.json()["predictions"]
+    assert bad["code"] == 400 and "string" in bad["message"] and good["label"] == "pos"
+    r = kserve.post(*kserve_call("v2", ["Best film ever", "<br />"], explain=True))
+    assert r.status_code == 200, r.text
+    good, bad = kserve_answers("v2", r, explain=True)
+    assert good["label"] == "pos" and "attributions" in good and bad["code"] == 400 and "no tokens" in bad["message"]
+    for flavour, only_bad in (("v1", [{"text": 5}]), ("v2", [""])):
+        r = kserve.post(*kserve_call(flavour, only_bad, explain=False))
+        assert r.status_code == 400, r.text
+        assert kserve_answers(flavour, r, explain=False)[0]["code"] == 400
+    malformed = {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [5]}]}
+    r = kserve.post(f"/v2/models/{MODEL}/infer", malformed)
+    assert r.status_code == 400 and "BYTES" in r.json()["message"], r.text
+
+
+def test_torchserves_own_kservev2_envelope_still_works(kservev2_envelope: Client) -> None:
+    # The envelope hands the handler one instance per input (data[0]) and wraps the answers.
+    client, texts = kservev2_envelope, list(TUTORIAL)[:3]
+    inputs = [{"name": f"input-{i}", "shape": [1], "datatype": "BYTES", "data": [t]} for i, t in enumerate(texts)]
+    for explain in (False, True):
+        r = client.post(f"/v2/models/{MODEL}/{'explain' if explain else 'infer'}", {"id": "req-1", "inputs": inputs})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["id"] == "req-1" and [o["name"] for o in body["outputs"]] == [i["name"] for i in inputs]
+        answers = [o["data"][0] for o in body["outputs"]]
+        assert [a["label"] for a in answers] == [TUTORIAL[t] for t in texts]
+        assert all(("attributions" in a) == explain for a in answers)
