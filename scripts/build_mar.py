@@ -10,6 +10,7 @@ entry module ``sentiment_handler.py``) beside the artifacts.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,8 @@ def build(artifacts: Path, export_path: Path, config: Path = REPO / "model-confi
                "--extra-files", ",".join(extra),
                "--config-file", str(config),
                "--export-path", str(export_path), "--force"]
-        subprocess.run(cmd, check=True)
+        # The archiver stages in $TMPDIR/<model name>: a private TMPDIR lets builds run side by side.
+        subprocess.run(cmd, check=True, env={**os.environ, "TMPDIR": stage})
     return export_path / f"{name}.mar"
 
 
