@@ -127,9 +127,11 @@ def train(args: argparse.Namespace) -> dict:
     vocab = Vocab.build(fit_tok, max_size=args.vocab_size, min_freq=args.min_freq)
     config = ModelConfig(vocab_size=len(vocab), pad_idx=vocab.pad_idx)
     model = SentimentCNN(config)
+    n_vector_reviews = 0
     if args.word_vectors:
         unsup = imdb_data.load(data_path, splits=("unsup",))["unsup"].texts if args.unsup else []
         corpus = fit_tok + tokenize(tqdm(unsup, desc="tokenize unsup", mininterval=2))
+        n_vector_reviews = len(corpus)
         t0 = time.time()
         with torch.no_grad():
             model.embedding.weight.copy_(ppmi_svd_vectors(corpus, vocab, config.embedding_dim))
@@ -187,7 +189,8 @@ def train(args: argparse.Namespace) -> dict:
         "train_seconds": round(train_seconds, 1),
         "threads": args.threads,
         "seed": args.seed,
-        "word_vectors": "ppmi-svd" + ("+unsup" if args.unsup else "") if args.word_vectors else None,
+        "word_vectors": "ppmi-svd" if args.word_vectors else None,
+        "word_vector_reviews": n_vector_reviews,
         "word_dropout": args.word_dropout,
         "data_sha256": imdb_data.sha256(data_path) if data_path.is_file() else None,
         "history": history,
