@@ -9,6 +9,7 @@ recorded by rich as SVG and screenshot the same way. Needs Debian's ``chromium``
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -57,15 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.html"
         report.write_text(render_html(list(zip(reviews, results))), encoding="utf-8")
-        screenshot(report, out / "report.png", 1200, 1000)
-        console = Console(record=True, width=110, force_terminal=True, highlight=False)
+        screenshot(report, out / "report.png", 1200, 1130)
+        console = Console(record=True, width=110, force_terminal=True, highlight=False, file=open(os.devnull, "w"))
         for review, result in zip(reviews[2:5], results[2:5]):
             console.print(render_terminal(result, review, color=True))
         svg = Path(tmp) / "terminal.svg"
         console.save_svg(str(svg), title="imdb-explain")
         page = Path(tmp) / "terminal.html"
         page.write_text(f"<html><body style='margin:0;background:#fff'>{svg.read_text()}</body></html>")
-        screenshot(page, out / "terminal.png", 1000, 640)
+        screenshot(page, out / "terminal.png", 1000, 460)
     print(f"wrote {out / 'report.png'} and {out / 'terminal.png'}")
 
 
