@@ -1,0 +1,482 @@
+"""usage: python scripts/bench.py [--quick] [--device cpu|cuda] [--lengths imdb|256] [--n 256] [--batch-size 32]
+                               [--captum-batch-size B] [--fast-batch-sizes B ...] [--tutorial-n 16] [--steps 50]
+                               [--chunk-elements N] [--repeat R] [--threads T] [--no-serve | --serve-only]
+                               [--requests 256] [--serve-batch 1 8] [--max-batch-delay 10] [--concurrency 1 8 32]
+                               [--worker-threads T] [--artifacts model_store/artifacts] [--data PATH]
+                               [--seed 0] [--out bench_results/bench-<device>.json]
+
+Benchmark Layer-IG explanations (issue 5): the tutorial's way vs batched Captum vs this project's engine.
+
+In-process, side by side on the same IMDB test reviews (a seeded sample, real lengths, or with
+``--lengths 256`` only reviews of 200-300 tokens, the "256-token reviews" of the issue's targets):
+
+  tutorial         Captum LayerIntegratedGradients, n_steps=500, Captum's default method
+                   (gausslegendre), one review per call -- the Captum IMDB tutorial's way
+  captum batched   plain Captum, default settings (n_steps=50, gausslegendre), a whole batch per call
+  fast             this project's engine at the same steps, adaptive (rtol 1e-3), and method "exact"
+
+Each case reports reviews/s, p50/p99 per-call latency and the achieved relative delta
+|delta| / |F(x) - F(ref)| (median, p90); the fast engine's attributions are compared with Captum's
+at equal steps. Then (CPU only, unless --no-serve) a real TorchServe is started per batchSize
+variant on free loopback ports and driven with 1, 8 and 32 concurrent clients, for predictions
+and explanations. A markdown table goes to stdout and everything to a JSON file.
+
+``--quick``: in-process only, 64 reviews, the tutorial way timed on the first 8 of them; the last
+line is ``speedup_vs_tutorial=<x> speedup_vs_captum_batched=<y> rel_delta_p90=<z>``, all for the
+fast engine at --steps (default 50, gausslegendre), the configuration compared at equal steps.
+
+``--device cuda``: in-process only, float32 with TF32 off, CUDA synchronised around every timed
+call, the fast engine at 64..1024 reviews per call; defaults to 256-token reviews.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from handler.attribution import Attribution, IGSettings, layer_ig  # noqa: E402
+from handler.model import load_model  # noqa: E402
+from handler.text import EncodedBatch, Vocab, encode, tokenize  # noqa: E402
+
+MIN_LEN, MAX_TOKENS = 7, 512  # the handler's defaults (model-config.yaml)
+BAND_256 = (200, 300)  # "256-token reviews": real reviews of 200..300 tokens
+WHOLE_BATCH = 10**15  # chunk_elements so large that layer_ig runs the whole batch in one Captum call
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def pick_reviews(data: str | None, n: int, seed: int, lengths: str) -> tuple[list[str], list[list[str]]]:
+    """Texts and token lists of ``n`` IMDB test reviews chosen by a seeded shuffle (deterministic).
+
+    ``lengths="imdb"`` keeps the first ``n`` of the shuffle, so lengths follow the test set's own
+    distribution. ``"256"`` keeps, in shuffle order, reviews with 200..300 tokens; to avoid
+    tokenizing the whole test set only reviews whose whitespace word count is plausible
+    (120..320 words) are tokenized. ``data`` may also be a ``label<TAB>text`` TSV (what
+    scripts/gpu_check.sh carries to a GPU machine instead of the tarball).
+    """
+    import imdb_data
+
+    if data and str(data).endswith(".tsv"):
+        texts = imdb_data.load_tsv(Path(data)).texts
+    else:
+        texts = imdb_data.load(imdb_data.locate(data), splits=("test",))["test"].texts
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    if lengths == "imdb":
+        chosen = [texts[i] for i in order[:n]]
+        return chosen, tokenize(chosen)
+    lo, hi = BAND_256
+    candidates = [i for i in order if 120 <= len(texts[i].split()) <= 320]
+    kept: list[tuple[str, list[str]]] = []
+    for start in range(0, len(candidates), 512):
+        chunk = [texts[i] for i in candidates[start : start + 512]]
+        kept += [(text, t) for text, t in zip(chunk, tokenize(chunk)) if lo <= len(t) <= hi]
+        if len(kept) >= n:
+            return [k[0] for k in kept[:n]], [k[1] for k in kept[:n]]
+    raise RuntimeError(f"only {len(kept)} test reviews have {lo}..{hi} tokens; asked for {n}")
+
+
+def length_stats(token_lists: list[list[str]]) -> dict:
+    """Token-length distribution as served: before truncation, and how many exceed MAX_TOKENS."""
+    n = np.array([len(t) for t in token_lists])
+    q = np.percentile(n, [0, 10, 50, 90, 99, 100])
+    return {"n": int(n.size), "mean": round(float(n.mean()), 1), "min": int(q[0]), "p10": int(q[1]),
+            "p50": int(q[2]), "p90": int(q[3]), "p99": int(q[4]), "max": int(q[5]),
+            "truncated_at_%d" % MAX_TOKENS: int((n > MAX_TOKENS).sum())}
+
+
+def batches_of(token_lists: list[list[str]], vocab: Vocab, size: int, device: str) -> list[EncodedBatch]:
+    """Consecutive batches in sample order (no length sorting: that is the engine's own business)."""
+    return [encode(token_lists[i : i + size], vocab, MIN_LEN, MAX_TOKENS).to(device)
+            for i in range(0, len(token_lists), size)]
+
+
+# ----------------------------------------------------------------------------- in-process cases
+
+
+@dataclass
+class Case:
+    name: str
+    settings: IGSettings
+    batch_size: int
+    n_reviews: int  # how many of the sample it runs on (the tutorial way may take a prefix)
+    repeat: int = 1  # timed passes over its batches (GPU calls are short)
+
+
+@dataclass
+class CaseResult:
+    name: str
+    engine: str
+    method: str
+    steps: str
+    batch_size: int
+    reviews: int
+    calls: int
+    reviews_per_s: float
+    p50_ms: float
+    p99_ms: float
+    rel_delta_median: float
+    rel_delta_p90: float
+    rel_delta_max: float
+    mean_steps_used: float
+    attributions: list = field(default_factory=list, repr=False)  # per review, trimmed; not in JSON
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_case(model, token_lists, vocab, case: Case, device: str) -> CaseResult:
+    """Time ``layer_ig`` per call (inputs encoded and on the device beforehand)."""
+    batches = batches_of(token_lists[: case.n_reviews], vocab, case.batch_size, device)
+    warm = batches[0] if case.settings.engine == "fast" else encode([t[:64] for t in token_lists[:2]], vocab).to(device)
+    layer_ig(model, warm.ids, warm.lengths, case.settings)
+    latencies, rel, steps, attrs = [], [], [], []
+    for rep in range(case.repeat):
+        for b in batches:
+            sync(device)
+            t0 = time.perf_counter()
+            out: Attribution = layer_ig(model, b.ids, b.lengths, case.settings)
+            sync(device)
+            latencies.append(time.perf_counter() - t0)
+            if rep == 0:
+                rel += out.relative_delta().cpu().tolist()
+                steps += out.n_steps.float().cpu().tolist()
+                attrs += [out.attributions[j, : int(b.lengths[j])].cpu() for j in range(len(b.lengths))]
+    lat = np.array(latencies)
+    r = np.array(rel)
+    s = case.settings
+    steps_label = "exact" if s.method == "exact" else (f"{s.n_steps}..{s.max_steps} (rtol {s.rtol:g})" if s.adaptive else str(s.n_steps))
+    return CaseResult(case.name, s.engine, s.method, steps_label, case.batch_size, case.n_reviews, len(latencies),
+                      case.n_reviews * case.repeat / float(lat.sum()), 1000 * float(np.percentile(lat, 50)),
+                      1000 * float(np.percentile(lat, 99)), float(np.median(r)), float(np.percentile(r, 90)),
+                      float(r.max()), float(np.mean(steps)), attrs)
+
+
+def max_rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """max over reviews of max|a - b| / max|b|: relative to each review's largest attribution
+    (element-wise ratios would blow up on attributions that are ~0)."""
+    return max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-30)) for x, y in zip(a, b))
+
+
+def in_process_cases(args) -> list[Case]:
+    gl = IGSettings(engine="fast", method="gausslegendre", n_steps=args.steps, chunk_elements=args.chunk_elements)
+    cases = [
+        Case("tutorial", IGSettings(engine="captum", method="gausslegendre", n_steps=500), 1, args.tutorial_n),
+        Case("captum batched", IGSettings(engine="captum", method="gausslegendre", n_steps=args.steps,
+                                          chunk_elements=WHOLE_BATCH), args.captum_batch_size, args.n),
+    ]
+    fast_sizes = args.fast_batch_sizes or [args.batch_size]
+    for size in fast_sizes:
+        suffix = "" if len(fast_sizes) == 1 else f" B={size}"
+        cases += [
+            Case(f"fast{suffix}", gl, size, args.n, args.repeat),
+            Case(f"fast 500 steps{suffix}", replace(gl, n_steps=500), size, args.n, args.repeat),
+            Case(f"fast adaptive{suffix}", replace(gl, adaptive=True, rtol=1e-3), size, args.n, args.repeat),
+            Case(f"fast exact{suffix}", replace(gl, method="exact"), size, args.n, args.repeat),
+        ]
+    return cases
+
+
+# ----------------------------------------------------------------------------- TorchServe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_config(workdir: Path, store: Path) -> Path:
+    """config.properties with free loopback ports, this store and an absolute metrics_config.
+
+    Besides the three HTTP addresses, TorchServe also binds gRPC (7070/7071) and names its worker
+    socket /tmp/.ts.sock.<initial_worker_port> (9000): all moved, so a server someone else runs
+    on this machine is never in the way.
+    """
+    text = (REPO / "config.properties").read_text()
+    for key in ("inference", "management", "metrics"):
+        text = re.sub(rf"^{key}_address=.*$", f"{key}_address=http://127.0.0.1:{free_port()}", text, flags=re.M)
+    text = re.sub(r"^model_store=.*$", f"model_store={store}", text, flags=re.M)
+    text = re.sub(r"^metrics_config=.*$", f"metrics_config={REPO / 'metrics.yaml'}", text, flags=re.M)
+    worker_port = next(p for p in iter(free_port, None) if not Path(f"/tmp/.ts.sock.{p}").exists())
+    text += (f"\ngrpc_inference_address=127.0.0.1\ngrpc_management_address=127.0.0.1\n"
+             f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
+             f"initial_worker_port={worker_port}\n")
+    path = workdir / "config.properties"
+    path.write_text(text)
+    return path
+
+
+def model_config(workdir: Path, batch_size: int, delay_ms: int) -> Path:
+    """model-config.yaml with batchSize / maxBatchDelay replaced (everything else as shipped)."""
+    text = (REPO / "model-config.yaml").read_text()
+    text = re.sub(r"^batchSize:.*$", f"batchSize: {batch_size}", text, flags=re.M)
+    text = re.sub(r"^maxBatchDelay:.*$", f"maxBatchDelay: {delay_ms}", text, flags=re.M)
+    path = workdir / "model-config.yaml"
+    path.write_text(text)
+    return path
+
+
+def drive(url: str, key: str, bodies: list[bytes], concurrency: int) -> dict:
+    """Send every body once from ``concurrency`` threads (one requests.Session each)."""
+    import requests
+
+    local = threading.local()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def one(body: bytes) -> tuple[float, int]:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        t0 = time.perf_counter()
+        r = local.session.post(url, data=body, headers=headers, timeout=120)
+        return time.perf_counter() - t0, r.status_code
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, bodies[: 2 * concurrency]))  # warm-up: connections, worker, batch shapes
+        t0 = time.perf_counter()
+        results = list(pool.map(one, bodies))
+        wall = time.perf_counter() - t0
+    lat = np.array([r[0] for r in results])
+    return {"requests": len(bodies), "errors": sum(r[1] != 200 for r in results), "per_s": len(bodies) / wall,
+            "p50_ms": 1000 * float(np.percentile(lat, 50)), "p99_ms": 1000 * float(np.percentile(lat, 99))}
+
+
+def serve_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], delay_ms: int,
+                concurrencies: list[int], n_requests: int, worker_threads: int = 0) -> list[dict]:
+    """Per batchSize: build a .mar, start TorchServe in a temp workdir, drive it, always stop it.
+
+    ``worker_threads`` > 0 sets OMP_NUM_THREADS for the server (the worker inherits it): on a
+    2-core machine shared with the Java frontend and the clients, a 2-thread torch op waits for
+    whichever core is busy elsewhere.
+    """
+    import build_mar
+    import serve
+
+    if worker_threads:
+        os.environ["OMP_NUM_THREADS"] = str(worker_threads)  # read by the worker's torch at start
+
+    bodies = [json.dumps({"text": t}).encode() for t in texts]
+    bodies = (bodies * (n_requests // len(bodies) + 1))[:n_requests]
+    rows = []
+    for batch_size in batch_sizes:
+        delay = 0 if batch_size == 1 else delay_ms
+        with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+            work = Path(tmp)
+            store = work / "store"
+            build_mar.build(artifacts, store, model_config(work, batch_size, delay))
+            server = None
+            try:
+                server = serve.start(work, server_config(work, store), store)
+                key = server.keys()["inference"]
+                for kind in ("predictions", "explanations"):
+                    for c in concurrencies:
+                        res = drive(f"{server.inference}/{kind}/imdb_sentiment", key, bodies, c)
+                        rows.append({"kind": kind, "batchSize": batch_size, "maxBatchDelay": delay,
+                                     "worker_threads": worker_threads or "default", "concurrency": c, **res})
+                        print(f"  serve {kind:12s} batchSize={batch_size:<3d} threads={worker_threads or '-'} c={c:<3d} {res['per_s']:8.1f}/s "
+                              f"p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms errors {res['errors']}", flush=True)
+            finally:
+                if server is not None:
+                    serve.stop(server)
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_info(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), flags=re.M)
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                    capture_output=True, text=True).stdout.strip())
+    except OSError:
+        commit, dirty = "", False
+    info = {"cpu_model": cpu, "cpu_cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
+            "python": platform.python_version(), "device": device, "git_commit": commit, "git_dirty": dirty,
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
+    return info
+
+
+def markdown_table(results: list[CaseResult], tutorial_rate: float) -> str:
+    head = ("| case | engine | method | steps | reviews/call | reviews | reviews/s | p50 ms/call | p99 ms/call "
+            "| rel. delta median | rel. delta p90 | mean steps | speedup vs tutorial |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        lines.append(f"| {r.name} | {r.engine} | {r.method} | {r.steps} | {r.batch_size} | {r.reviews} | "
+                     f"{r.reviews_per_s:,.1f} | {r.p50_ms:,.2f} | {r.p99_ms:,.2f} | {r.rel_delta_median:.2e} | "
+                     f"{r.rel_delta_p90:.2e} | {r.mean_steps_used:.0f} | {r.reviews_per_s / tutorial_rate:,.0f}x |")
+    return "\n".join(lines)
+
+
+def serve_table(rows: list[dict]) -> str:
+    lines = ["| endpoint | batchSize | maxBatchDelay ms | worker threads | concurrency | requests | errors | requests/s "
+             "| p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['kind']} | {r['batchSize']} | {r['maxBatchDelay']} | {r['worker_threads']} | {r['concurrency']} | {r['requests']} | "
+                     f"{r['errors']} | {r['per_s']:,.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="in-process only, 64 reviews, tutorial way on 8 (< 5 min on 2 cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--lengths", choices=("imdb", "256"), default=None,
+                   help="imdb: real test-set lengths; 256: reviews of 200-300 tokens (default: imdb on cpu, 256 on cuda)")
+    p.add_argument("--n", type=int, default=None, help="reviews (default 256 cpu, 2048 cuda, 64 quick)")
+    p.add_argument("--batch-size", type=int, default=32, help="reviews per call for the fast engine")
+    p.add_argument("--captum-batch-size", type=int, default=None, help="reviews per plain-Captum call (default --batch-size)")
+    p.add_argument("--fast-batch-sizes", type=int, nargs="*", default=None, help="several fast-engine batch sizes (cuda: 64..1024)")
+    p.add_argument("--tutorial-n", type=int, default=None, help="reviews timed the tutorial's way (default 16, quick 8)")
+    p.add_argument("--steps", type=int, default=50, help="steps of plain Captum and the fast engine (Captum's default 50)")
+    p.add_argument("--chunk-elements", type=int, default=None,
+                   help="fast engine chunk size in floats (default: the shipped 4,000,000 on cpu, 2**28 on cuda)")
+    p.add_argument("--repeat", type=int, default=None, help="timed passes of the fast cases (default 1 cpu, 5 cuda)")
+    p.add_argument("--no-serve", action="store_true", help="skip the TorchServe part")
+    p.add_argument("--serve-only", action="store_true", help="skip the in-process part (TorchServe only)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in-process (0: torch's default)")
+    p.add_argument("--requests", type=int, default=256, help="requests per (endpoint, concurrency) through TorchServe")
+    p.add_argument("--serve-batch", type=int, nargs="+", default=[1, 8], help="batchSize variants of the .mar")
+    p.add_argument("--max-batch-delay", type=int, default=10, help="maxBatchDelay (ms) of the batched variants")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--worker-threads", type=int, default=0, help="OMP_NUM_THREADS of the TorchServe worker (0: torch's default)")
+    p.add_argument("--artifacts", default=str(REPO / "model_store" / "artifacts"))
+    p.add_argument("--data", default=None, help="IMDB tarball or folder (default: scripts/imdb_data.py lookup)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON path (default bench_results/bench-<device>.json)")
+    a = p.parse_args(argv)
+    cuda = a.device.startswith("cuda")
+    a.lengths = a.lengths or ("256" if cuda else "imdb")
+    a.n = a.n or (64 if a.quick else 2048 if cuda else 256)
+    a.tutorial_n = min(a.n, a.tutorial_n or (8 if a.quick else 16))
+    a.captum_batch_size = a.captum_batch_size or min(a.batch_size, 64)
+    a.chunk_elements = a.chunk_elements or (2**28 if cuda else IGSettings().chunk_elements)
+    a.repeat = a.repeat or (5 if cuda else 1)
+    if cuda and a.fast_batch_sizes is None:
+        a.fast_batch_sizes = [s for s in (64, 128, 256, 512, 1024) if s <= a.n]
+    a.serve = not (a.no_serve or a.quick or cuda)
+    a.out = Path(a.out or REPO / "bench_results" / f"bench-{a.device.replace(':', '')}.json")
+    return a
+
+
+def compare(results: list[CaseResult], a: argparse.Namespace) -> tuple[dict, dict]:
+    """Print the in-process table; return (attribution agreement, headline speedups)."""
+    by = {r.name: r for r in results}
+    tutorial, batched = by["tutorial"], by["captum batched"]
+    fast_names = [r.name for r in results if r.name.startswith("fast") and "500" not in r.name
+                  and "adaptive" not in r.name and "exact" not in r.name]
+    head = max((by[n] for n in fast_names), key=lambda r: r.reviews_per_s)  # fast engine at --steps
+    fast500 = by[head.name.replace("fast", "fast 500 steps", 1)]
+    agreement = {
+        f"fast_vs_captum_batched_{a.steps}_steps": max_rel_diff(head.attributions, batched.attributions),
+        "fast_500_vs_tutorial": max_rel_diff(fast500.attributions[: a.tutorial_n], tutorial.attributions),
+        "definition": "max over reviews of max|a_fast - a_captum| / max|a_captum|",
+    }
+    summary = {
+        "speedup_vs_tutorial": head.reviews_per_s / tutorial.reviews_per_s,
+        "speedup_vs_captum_batched": head.reviews_per_s / batched.reviews_per_s,
+        "rel_delta_p90": head.rel_delta_p90,
+        "refers_to": head.name + f" ({a.steps} steps, gausslegendre, {head.batch_size} reviews/call)",
+    }
+
+    print()
+    print(markdown_table(results, tutorial.reviews_per_s))
+    print()
+    if a.tutorial_n < a.n:
+        print(f"The tutorial way was timed on the first {a.tutorial_n} of the {a.n} reviews (one review per call).")
+    print(f"Max relative difference of attributions (max|fast - captum| / max|captum| per review): "
+          f"{agreement[f'fast_vs_captum_batched_{a.steps}_steps']:.1e} vs Captum batched at {a.steps} steps, "
+          f"{agreement['fast_500_vs_tutorial']:.1e} vs the tutorial way at 500 steps.")
+    return agreement, summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    machine = machine_info(a.device)  # before any work of ours: the load average is other people's
+    if a.device.startswith("cuda"):
+        # Explanations must match Captum in float32: TF32 moved attributions by ~3e-3 (handler note).
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    artifacts = Path(a.artifacts)
+    model = load_model(artifacts, a.device)
+    vocab = Vocab.load(artifacts)
+    texts, token_lists = pick_reviews(a.data, a.n, a.seed, a.lengths)
+    stats = length_stats(token_lists)
+    print(f"# Layer-IG benchmark on {a.device}: {a.n} IMDB test reviews (seed {a.seed}, lengths {a.lengths})")
+    print(f"token lengths: {stats}", flush=True)
+
+    results, agreement, summary = [], {}, {}
+    for case in ([] if a.serve_only else in_process_cases(a)):
+        res = run_case(model, token_lists, vocab, case, a.device)
+        print(f"  {res.name:24s} {res.reviews_per_s:12,.1f} reviews/s  p90 rel delta {res.rel_delta_p90:.1e}", flush=True)
+        results.append(res)
+    if results:
+        agreement, summary = compare(results, a)
+    serve_rows = []
+    if a.serve:
+        print("\n## Through TorchServe", flush=True)
+        serve_rows = serve_bench(artifacts, texts, a.serve_batch, a.max_batch_delay,
+                                 a.concurrency, a.requests, a.worker_threads)
+        print()
+        print(serve_table(serve_rows))
+
+    report = {
+        "command": "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine,
+        "inputs": {"split": "test", "seed": a.seed, "lengths": a.lengths, "min_len": MIN_LEN, "max_tokens": MAX_TOKENS,
+                   "token_lengths": stats},
+        "in_process": [{k: v for k, v in asdict(r).items() if k != "attributions"} for r in results],
+        "agreement": agreement,
+        "summary": summary,
+        "serve": serve_rows,
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {a.out}")
+    if not summary:
+        return report
+    print(f"speedup_vs_tutorial={summary['speedup_vs_tutorial']:.1f} "
+          f"speedup_vs_captum_batched={summary['speedup_vs_captum_batched']:.1f} rel_delta_p90={summary['rel_delta_p90']:.2e}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
