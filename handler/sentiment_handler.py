@@ -43,6 +43,10 @@ class SentimentHandler(BaseHandler):
             torch.backends.cuda.matmul.allow_tf32 = False
         else:
             self.device = torch.device("cpu")
+        if cfg.get("torch_threads"):
+            # A worker shares the cores with TorchServe's frontend (and other workers): measured on
+            # 2 cores, one intra-op thread gave 5x the explanation throughput of torch's default.
+            torch.set_num_threads(int(cfg["torch_threads"]))
         self.model = load_model(self.model_dir, self.device)
         self.vocab = Vocab.load(self.model_dir)
         self.labels = tuple(cfg.get("labels", ("neg", "pos")))
