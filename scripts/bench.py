@@ -229,11 +229,14 @@ def server_config(workdir: Path, store: Path) -> Path:
     return path
 
 
-def model_config(workdir: Path, batch_size: int, delay_ms: int) -> Path:
-    """model-config.yaml with batchSize / maxBatchDelay replaced (everything else as shipped)."""
+def model_config(workdir: Path, batch_size: int, delay_ms: int, worker_threads: int | None = None) -> Path:
+    """model-config.yaml with batchSize / maxBatchDelay (and handler torch_threads, where the
+    config has that key and ``worker_threads`` is given) replaced; everything else as shipped."""
     text = (REPO / "model-config.yaml").read_text()
     text = re.sub(r"^batchSize:.*$", f"batchSize: {batch_size}", text, flags=re.M)
     text = re.sub(r"^maxBatchDelay:.*$", f"maxBatchDelay: {delay_ms}", text, flags=re.M)
+    if worker_threads is not None:
+        text = re.sub(r"^(\s+torch_threads:)\s*\d+", rf"\g<1> {worker_threads}", text, flags=re.M)
     path = workdir / "model-config.yaml"
     path.write_text(text)
     return path
@@ -264,18 +267,21 @@ def drive(url: str, key: str, bodies: list[bytes], concurrency: int) -> dict:
 
 
 def serve_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], delay_ms: int,
-                concurrencies: list[int], n_requests: int, worker_threads: int = 0) -> list[dict]:
+                concurrencies: list[int], n_requests: int, worker_threads: int | None = None) -> list[dict]:
     """Per batchSize: build a .mar, start TorchServe in a temp workdir, drive it, always stop it.
 
-    ``worker_threads`` > 0 sets OMP_NUM_THREADS for the server (the worker inherits it): on a
-    2-core machine shared with the Java frontend and the clients, a 2-thread torch op waits for
-    whichever core is busy elsewhere.
+    ``worker_threads`` (None: as model-config.yaml says) sets the worker's torch threads, 0 meaning
+    torch's default: through OMP_NUM_THREADS, which the worker inherits, and the handler's
+    ``torch_threads`` where model-config.yaml has it. On a 2-core machine shared with the Java
+    frontend and the clients, a 2-thread torch op waits for whichever core is busy elsewhere.
     """
     import build_mar
     import serve
 
     if worker_threads:
         os.environ["OMP_NUM_THREADS"] = str(worker_threads)  # read by the worker's torch at start
+    elif worker_threads == 0:
+        os.environ.pop("OMP_NUM_THREADS", None)
 
     bodies = [json.dumps({"text": t}).encode() for t in texts]
     bodies = (bodies * (n_requests // len(bodies) + 1))[:n_requests]
@@ -285,7 +291,7 @@ def serve_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], delay
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
             work = Path(tmp)
             store = work / "store"
-            build_mar.build(artifacts, store, model_config(work, batch_size, delay))
+            build_mar.build(artifacts, store, model_config(work, batch_size, delay, worker_threads))
             server = None
             try:
                 server = serve.start(work, server_config(work, store), store)
@@ -294,8 +300,8 @@ def serve_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], delay
                     for c in concurrencies:
                         res = drive(f"{server.inference}/{kind}/imdb_sentiment", key, bodies, c)
                         rows.append({"kind": kind, "batchSize": batch_size, "maxBatchDelay": delay,
-                                     "worker_threads": worker_threads or "default", "concurrency": c, **res})
-                        print(f"  serve {kind:12s} batchSize={batch_size:<3d} threads={worker_threads or '-'} c={c:<3d} {res['per_s']:8.1f}/s "
+                                     "worker_threads": "as shipped" if worker_threads is None else worker_threads or "torch default", "concurrency": c, **res})
+                        print(f"  serve {kind:12s} batchSize={batch_size:<3d} threads={worker_threads} c={c:<3d} {res['per_s']:8.1f}/s "
                               f"p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms errors {res['errors']}", flush=True)
             finally:
                 if server is not None:
@@ -375,7 +381,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serve-batch", type=int, nargs="+", default=[1, 8], help="batchSize variants of the .mar")
     p.add_argument("--max-batch-delay", type=int, default=10, help="maxBatchDelay (ms) of the batched variants")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--worker-threads", type=int, default=0, help="OMP_NUM_THREADS of the TorchServe worker (0: torch's default)")
+    p.add_argument("--worker-threads", type=int, default=None,
+                   help="torch threads of the TorchServe worker (default: as model-config.yaml says; 0: torch's default)")
     p.add_argument("--artifacts", default=str(REPO / "model_store" / "artifacts"))
     p.add_argument("--data", default=None, help="IMDB tarball or folder (default: scripts/imdb_data.py lookup)")
     p.add_argument("--seed", type=int, default=0)
