@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from captum.attr import LayerIntegratedGradients, TokenReferenceBase
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
-from handler.model import SentimentCNN, window_mask
+from handler.model import SentimentCNN, conv1d_weight, window_mask
 
 EXACT = "exact"
 METHODS = tuple(SUPPORTED_METHODS) + (EXACT,)
@@ -170,14 +170,18 @@ def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_si
     diff_t = (emb - emb0).transpose(1, 2)  # [B, E, T]
     w_fc = model.fc.weight[0].split(model.config.n_filters)  # len(fs) x [F]
     grad = torch.zeros_like(diff_t)  # [B, E, T] gradient summed (weighted) over the steps
+    logits = ref_logits = model.fc.bias[0]
     for conv, w_out in zip(model.convs, w_fc):
         fs = conv.kernel_size[0]
-        w = conv.weight.squeeze(1).transpose(1, 2)  # [F, E, fs]: Conv2d(1, F, (fs, E)) as Conv1d
+        w = conv1d_weight(conv)  # [F, E, fs]
         p0 = F.conv1d(emb0[:1, :fs].transpose(1, 2), w, conv.bias)[0, :, 0]  # [F] same for every window
         a = F.conv1d(diff_t, w)  # [B, F, T - fs + 1]
         valid = window_mask(lengths, fs, a.shape[2]).unsqueeze(1)  # [B, 1, T']
         a = a.masked_fill(~valid, float("-inf"))
         m = a.amax(dim=2, keepdim=True)  # [B, F, 1]
+        # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
+        logits = logits + F.relu(p0 + m[:, :, 0]) @ w_out  # [B]
+        ref_logits = ref_logits + F.relu(p0) @ w_out
         winners = (a == m).to(a.dtype)  # [B, F, T'] ties share the gradient, as amax's backward
         on = _time_on(p0.view(1, -1, 1), m, method, n_steps)  # [B, F, 1] weighted length of ReLU "on"
         g = winners / winners.sum(dim=2, keepdim=True) * (on * w_out.view(1, -1, 1))
@@ -188,8 +192,7 @@ def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_si
                 g = g + even * (c0 * (p0 > 0).to(a.dtype) * w_out).view(1, -1, 1)
         grad += F.conv_transpose1d(g, w)  # [B, E, T]
     attributions = (diff_t * grad).sum(dim=1)  # [B, T]
-    logits = model.forward_embedded(emb, lengths)
-    ref_logits = model.forward_embedded(emb0, lengths)
+    ref_logits = ref_logits.expand_as(logits)
     delta = attributions.sum(dim=1) - (logits - ref_logits)
     return Attribution(attributions, delta, logits, ref_logits, None, method, "fast")
 

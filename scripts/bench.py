@@ -36,7 +36,6 @@ import os
 import platform
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -202,46 +202,6 @@ def in_process_cases(args) -> list[Case]:
 # ----------------------------------------------------------------------------- TorchServe
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_config(workdir: Path, store: Path) -> Path:
-    """config.properties with free loopback ports, this store and an absolute metrics_config.
-
-    Besides the three HTTP addresses, TorchServe also binds gRPC (7070/7071) and names its worker
-    socket /tmp/.ts.sock.<initial_worker_port> (9000): all moved, so a server someone else runs
-    on this machine is never in the way.
-    """
-    text = (REPO / "config.properties").read_text()
-    for key in ("inference", "management", "metrics"):
-        text = re.sub(rf"^{key}_address=.*$", f"{key}_address=http://127.0.0.1:{free_port()}", text, flags=re.M)
-    text = re.sub(r"^model_store=.*$", f"model_store={store}", text, flags=re.M)
-    text = re.sub(r"^metrics_config=.*$", f"metrics_config={REPO / 'metrics.yaml'}", text, flags=re.M)
-    worker_port = next(p for p in iter(free_port, None) if not Path(f"/tmp/.ts.sock.{p}").exists())
-    text += (f"\ngrpc_inference_address=127.0.0.1\ngrpc_management_address=127.0.0.1\n"
-             f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
-             f"initial_worker_port={worker_port}\n")
-    path = workdir / "config.properties"
-    path.write_text(text)
-    return path
-
-
-def model_config(workdir: Path, batch_size: int, delay_ms: int, worker_threads: int | None = None) -> Path:
-    """model-config.yaml with batchSize / maxBatchDelay (and handler torch_threads, where the
-    config has that key and ``worker_threads`` is given) replaced; everything else as shipped."""
-    text = (REPO / "model-config.yaml").read_text()
-    text = re.sub(r"^batchSize:.*$", f"batchSize: {batch_size}", text, flags=re.M)
-    text = re.sub(r"^maxBatchDelay:.*$", f"maxBatchDelay: {delay_ms}", text, flags=re.M)
-    if worker_threads is not None:
-        text = re.sub(r"^(\s+torch_threads:)\s*\d+", rf"\g<1> {worker_threads}", text, flags=re.M)
-    path = workdir / "model-config.yaml"
-    path.write_text(text)
-    return path
-
-
 def drive(url: str, key: str, bodies: list[bytes], concurrency: int) -> dict:
     """Send every body once from ``concurrency`` threads (one requests.Session each)."""
     import requests
@@ -291,10 +251,13 @@ def serve_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], delay
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
             work = Path(tmp)
             store = work / "store"
-            build_mar.build(artifacts, store, model_config(work, batch_size, delay, worker_threads))
+            handler = yaml.safe_load((REPO / "model-config.yaml").read_text())["handler"]
+            if worker_threads is not None:
+                handler["torch_threads"] = worker_threads
+            build_mar.build(artifacts, store, batchSize=batch_size, maxBatchDelay=delay, handler=handler)
             server = None
             try:
-                server = serve.start(work, server_config(work, store), store)
+                server = serve.start(work, serve.isolated_config(work / "config.properties", model_store=str(store)), store)
                 key = server.keys()["inference"]
                 for kind in ("predictions", "explanations"):
                     for c in concurrencies:

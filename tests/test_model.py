@@ -73,3 +73,15 @@ def test_shipped_model_classifies_the_tutorial_sentences():
 def test_shipped_metrics_report_test_accuracy_of_at_least_87_percent():
     metrics = json.loads((SHIPPED / "metrics.json").read_text())
     assert metrics["n_test"] == 25000 and metrics["test_accuracy"] >= 0.87
+
+
+def test_conv1d_form_equals_the_tutorials_conv2d_forward():
+    """The forward runs the Conv2d(1, F, (fs, E)) layers as Conv1d; results must not change."""
+    torch.manual_seed(0)
+    model = SentimentCNN(ModelConfig(vocab_size=50)).eval()
+    ids = torch.randint(0, 50, (5, 23))
+    with torch.no_grad():
+        x = model.embedding(ids).unsqueeze(1)  # [B, 1, T, E]: the tutorial's layout
+        pooled = [torch.relu(conv(x).squeeze(3)).amax(dim=2) for conv in model.convs]
+        tutorial = model.fc(torch.cat(pooled, dim=1)).squeeze(1)
+        assert torch.allclose(model(ids), tutorial, atol=1e-5)
