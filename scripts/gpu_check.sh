@@ -15,7 +15,7 @@
 # So `prepare` slims them where that is safe -- TorchServe's Java frontend (44 MB jar; only the
 # `ts` Python package runs there), test suites, matplotlib's sample data -- and recompresses every
 # wheel with LZMA (a valid zip method; pip extracts it): ~74 MiB. Distributions the GPU machine
-# already has can be left out with SKIP_WHEELS="numpy pillow ..." (check with one short call:
+# already has are left out (the list below, from the device tool's KINDS.md); SKIP_WHEELS="..." adds more (check with one short call:
 # python3 -c 'import numpy, PIL, yaml'); `prepare` warns while the total is above the carry limit.
 # The IMDB tarball is not carried either: `prepare` stores the benchmark's 256-token reviews
 # (200..300 tokens, seeded) as .whl/reviews-256.tsv.
@@ -49,8 +49,13 @@ from handler.text import tokenize
 tokenize(["warm <br /> up"])
 tops = {m.split(".")[0] for m in set(sys.modules) - before} - {"handler", "bench", "imdb_data"}  # ours travel as files
 dists = {d for t in tops for d in md.packages_distributions().get(t, [])}
-# torch and its own requirements are on the GPU machine already
-skip = {"torch", "triton", "sympy", "mpmath", "networkx", "filelock", "fsspec", "jinja2", "markupsafe", "setuptools"}
+# torch and its own requirements are on the GPU machine already, and so are these (the device
+# tool's KINDS.md lists the image's packages, read 2026-11-17): carrying them would pass 64 MiB.
+skip = {"torch", "triton", "sympy", "mpmath", "networkx", "filelock", "fsspec", "jinja2", "markupsafe", "setuptools",
+        "numpy", "matplotlib", "pillow", "fonttools", "kiwisolver", "cycler", "pyparsing", "python-dateutil",
+        "contourpy", "packaging", "pyyaml", "requests", "urllib3", "certifi", "charset-normalizer", "idna",
+        "rich", "pygments", "markdown-it-py", "mdurl", "safetensors", "psutil", "click", "shellingham", "typer",
+        "httpx", "httpcore", "h11", "anyio", "tqdm", "typing-extensions", "annotated-doc", "wrapt", "six"}
 skip |= {s.lower() for s in os.environ.get("SKIP_WHEELS", "").split()}
 for d in sorted(dists, key=str.lower):
     if d.lower() not in skip and not d.lower().startswith("nvidia"):
