@@ -171,6 +171,7 @@ def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_si
     w_fc = model.fc.weight[0].split(model.config.n_filters)  # len(fs) x [F]
     grad = torch.zeros_like(diff_t)  # [B, E, T] gradient summed (weighted) over the steps
     logits = ref_logits = model.fc.bias[0]
+    rule = None if method == EXACT else _rule(method, n_steps, diff_t.dtype, diff_t.device)
     for conv, w_out in zip(model.convs, w_fc):
         fs = conv.kernel_size[0]
         w = conv1d_weight(conv)  # [F, E, fs]
@@ -183,13 +184,11 @@ def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_si
         logits = logits + F.relu(p0 + m[:, :, 0]) @ w_out  # [B]
         ref_logits = ref_logits + F.relu(p0) @ w_out
         winners = (a == m).to(a.dtype)  # [B, F, T'] ties share the gradient, as amax's backward
-        on = _time_on(p0.view(1, -1, 1), m, method, n_steps)  # [B, F, 1] weighted length of ReLU "on"
+        on = _time_on(p0.view(1, -1, 1), m, rule)  # [B, F, 1] weighted length of ReLU "on"
         g = winners / winners.sum(dim=2, keepdim=True) * (on * w_out.view(1, -1, 1))
-        if method != EXACT:
-            a0, c0 = quadrature(method, n_steps)[0][0], quadrature(method, n_steps)[1][0]
-            if a0 == 0.0:  # at alpha = 0 every valid window ties (all equal p0): amax splits evenly
-                even = valid.to(a.dtype) / valid.sum(dim=2, keepdim=True)
-                g = g + even * (c0 * (p0 > 0).to(a.dtype) * w_out).view(1, -1, 1)
+        if rule is not None and rule[2]:  # at alpha = 0 every valid window ties (all equal p0): amax splits evenly
+            even = valid.to(a.dtype) / valid.sum(dim=2, keepdim=True)
+            g = g + even * (rule[2] * (p0 > 0).to(a.dtype) * w_out).view(1, -1, 1)
         grad += F.conv_transpose1d(g, w)  # [B, E, T]
     attributions = (diff_t * grad).sum(dim=1)  # [B, T]
     ref_logits = ref_logits.expand_as(logits)
@@ -197,18 +196,25 @@ def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_si
     return Attribution(attributions, delta, logits, ref_logits, None, method, "fast")
 
 
-def _time_on(p0: torch.Tensor, m: torch.Tensor, method: str, n_steps: int) -> torch.Tensor:
-    """Weighted measure of the alphas in (0, 1] where ReLU(p0 + alpha * m) is on."""
-    if method == EXACT:
+def _rule(method: str, n_steps: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Captum's nodes [S] and weights [S] as tensors, the weight of a node at alpha = 0 set apart
+    (there all windows tie, which the caller handles), and that weight (0.0 if no such node)."""
+    alphas, weights = quadrature(method, n_steps)
+    a = torch.tensor(alphas, dtype=dtype, device=device)
+    c = torch.tensor(weights, dtype=dtype, device=device)
+    at_zero = float(weights[0]) if alphas[0] == 0.0 else 0.0
+    return a, torch.where(a > 0, c, torch.zeros_like(c)), at_zero
+
+
+def _time_on(p0: torch.Tensor, m: torch.Tensor, rule: tuple | None) -> torch.Tensor:
+    """Weighted measure of the alphas in (0, 1] where ReLU(p0 + alpha * m) is on; ``rule`` None = exact."""
+    if rule is None:
         # p0 + a*m > 0  <=>  a > -p0/m (m > 0)  or  a < -p0/m (m < 0)  or  p0 > 0 (m == 0)
         root = (-p0 / m).nan_to_num(0.0, posinf=2.0, neginf=-1.0)
         rising = (1.0 - root.clamp(0.0, 1.0))
         falling = root.clamp(0.0, 1.0)
         flat = (p0 > 0).to(m.dtype).expand_as(m)
         return torch.where(m > 0, rising, torch.where(m < 0, falling, flat))
-    alphas, weights = quadrature(method, n_steps)
-    a = torch.tensor(alphas, dtype=m.dtype, device=m.device)
-    c = torch.tensor(weights, dtype=m.dtype, device=m.device)
-    c = torch.where(a > 0, c, torch.zeros_like(c))  # alpha = 0 is handled by the caller (all windows tie)
+    a, c, _ = rule
     on = (p0.unsqueeze(-1) + a * m.unsqueeze(-1)) > 0  # [B, F, 1, S]: tiny, only channels x steps
     return (on.to(m.dtype) * c).sum(dim=-1)

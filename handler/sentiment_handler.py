@@ -12,6 +12,7 @@ batch are answered together and each request gets its own KServe answer and stat
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import fields, replace
@@ -64,6 +65,10 @@ class SentimentHandler(BaseHandler):
         self.limits = payload.Limits(max_chars=int(cfg.get("max_chars", 100_000)), max_n_steps=self.ig.max_steps,
                                      max_instances=int(cfg.get("max_instances", 64)))
         self.manifest = context.manifest
+        self.version = ((self.manifest or {}).get("model") or {}).get("modelVersion")
+        metrics_file = self.model_dir / "metrics.json"  # the shipped model's own record, for describe
+        shipped = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        self.shipped = {k: shipped.get(k) for k in ("test_accuracy", "val_accuracy", "n_test", "data_sha256")}
         self.initialized = True
         logger.info("imdb_sentiment on %s, vocab %d, explain %s (fast engine applies: %s)",
                     self.device, len(self.vocab), self.ig, fast_engine_applies(self.model))
@@ -132,9 +137,8 @@ class SentimentHandler(BaseHandler):
             if len(failed) == len(answers):
                 self._error(i, failed[0], per_request)
             bodies = [payload.error_body(a) if isinstance(a, payload.RequestError) else a for a in answers]
-            version = ((self.context.manifest or {}).get("model") or {}).get("modelVersion")
             replies.append(payload.kserve_response(request, bodies, row_explain[i], self.context.get_request_id(i),
-                                                   self.context.model_name, version))
+                                                   self.context.model_name, self.version))
         return replies
 
     def _answer(self, rows, batch, reviews, explain, out) -> None:
@@ -199,13 +203,6 @@ class SentimentHandler(BaseHandler):
         metrics.add_metric(name, round(float(value), 3), unit, None, dims, kind)
 
     def describe_handle(self) -> dict:
-        metrics_file = self.model_dir / "metrics.json"
-        shipped = {}
-        if metrics_file.exists():
-            import json
-
-            m = json.loads(metrics_file.read_text())
-            shipped = {k: m.get(k) for k in ("test_accuracy", "val_accuracy", "n_test", "data_sha256")}
         return {
             "model": "imdb_sentiment",
             "architecture": "CNN (Captum IMDB tutorial)",
@@ -223,5 +220,5 @@ class SentimentHandler(BaseHandler):
                 "fast_engine_applies": fast_engine_applies(self.model),
             },
             "device": str(self.device),
-            "shipped_model": shipped,
+            "shipped_model": self.shipped,
         }
