@@ -384,7 +384,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.lengths = a.lengths or ("256" if cuda else "imdb")
     a.n = a.n or (64 if a.quick else 2048 if cuda else 256)
     a.tutorial_n = min(a.n, a.tutorial_n or (8 if a.quick else 16))
-    a.captum_batch_size = a.captum_batch_size or min(a.batch_size, 64)
+    a.captum_batch_size = a.captum_batch_size or (64 if cuda else min(a.batch_size, 64))  # issue: Captum batched, 64 reviews
     a.chunk_elements = a.chunk_elements or (2**28 if cuda else IGSettings().chunk_elements)
     a.repeat = a.repeat or (5 if cuda else 1)
     if cuda and a.fast_batch_sizes is None:

@@ -25,7 +25,9 @@
 #      the header explain="True" -- on the GPU and on the CPU, and checks logits and attributions
 #      agree within 1e-5 relative (predictions too);
 #   2. runs `scripts/bench.py --device cuda` (TF32 off, synchronised timing, 64..1024 reviews per
-#      call) and prints its table; JSON goes to $OUT (the run tool brings it back) or bench_results/.
+#      call) and prints its table; JSON goes to $OUT (the run tool brings it back) or bench_results/;
+#   3. times the served configuration at 1,024 and 2,048 reviews per call with and without cuDNN
+#      autotuning, and prints a CUDA profile of it (which kernels the time goes to).
 # Device call, e.g.: run(command="scripts/gpu_check.sh run", carry=[".whl"], timeout_s=540)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -150,6 +152,42 @@ print(f"GPU vs CPU worst relative difference (logits, attributions): {worst:.2e}
 assert worst <= 1e-5, f"GPU results differ from CPU by {worst:.2e} > 1e-5"
 EOF
     "$PY" scripts/bench.py --device cuda --data "$REVIEWS" --n "$N_REVIEWS" --out "$out/bench-cuda.json"
+    "$PY" - "$REVIEWS" <<'EOF'
+"""Where the GPU time goes in the served configuration (exact), and what larger calls and cuDNN autotuning give."""
+import sys, time
+import torch
+from torch.profiler import ProfilerActivity, profile
+from handler.attribution import IGSettings, layer_ig
+from handler.model import load_model
+from handler.text import Vocab, encode, tokenize
+
+torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+model, vocab = load_model("model_store/artifacts", "cuda"), Vocab.load("model_store/artifacts")
+texts = [line.split("\t", 1)[1] for line in open(sys.argv[1], encoding="utf-8")]
+batch = encode(tokenize(texts[:2048]), vocab, 7, 512).to("cuda")
+
+def rate(rows, chunk, n=10):
+    ids, lengths, s = batch.ids[:rows], batch.lengths[:rows], IGSettings(method="exact", chunk_elements=chunk)
+    layer_ig(model, ids, lengths, s)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        layer_ig(model, ids, lengths, s)
+    torch.cuda.synchronize()
+    return n * rows / (time.perf_counter() - t0)
+
+for bench_mode in (False, True):
+    torch.backends.cudnn.benchmark = bench_mode
+    for rows, chunk in ((1024, 2**28), (2048, 2**28), (2048, 2**30)):
+        print(f"exact, {rows} reviews/call, chunk_elements 2^{chunk.bit_length() - 1}, cudnn.benchmark={bench_mode}: "
+              f"{rate(rows, chunk):,.0f} reviews/s", flush=True)
+torch.backends.cudnn.benchmark = False
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    for _ in range(3):
+        layer_ig(model, batch.ids[:1024], batch.lengths[:1024], IGSettings(method="exact", chunk_elements=2**28))
+    torch.cuda.synchronize()
+print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+EOF
 }
 
 case "${1:-}" in
