@@ -121,13 +121,14 @@ def _unconverged(out: Attribution, rtol: float) -> torch.Tensor:
 def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
     """Length-bucketed chunks: a short review is never padded to the batch's longest one."""
     order = torch.argsort(lengths)
+    sorted_lengths = lengths[order].tolist()  # one device sync for all the chunks' widths
     b, t = ids.shape
-    rows_per_chunk = max(1, settings.chunk_elements // (max(t, 1) * _row_cost(model)))
+    rows_per_chunk = max(1, settings.chunk_elements // _row_cost(model, max(t, 1)))
+    fn = _fast if settings.engine == "fast" else _captum
     parts = []
     for start in range(0, b, rows_per_chunk):
         rows = order[start : start + rows_per_chunk]
-        width = int(lengths[rows].max())
-        fn = _fast if settings.engine == "fast" else _captum
+        width = sorted_lengths[min(start + rows_per_chunk, b) - 1]
         parts.append((rows, fn(model, ids[rows, :width], lengths[rows], settings.method, n_steps, settings.internal_batch_size)))
     dtype = parts[0][1].attributions.dtype
     out = Attribution(torch.zeros(b, t, dtype=dtype, device=ids.device),
@@ -141,11 +142,17 @@ def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution
     return out
 
 
-def _row_cost(model) -> int:
-    """Floats of activations per token of one row (channels of all convs plus the embedding)."""
+def _row_cost(model, tokens: int) -> int:
+    """Floats of activations one row of ``tokens`` needs at once in an engine call.
+
+    Fast engine: the embedding difference in two layouts and the gradient (3 x E per token), one
+    conv's pre-activations and their winner mask (~2 x F per token), and the winners' weight rows
+    (F x largest filter x E per row, whatever the length).
+    """
     if isinstance(model, SentimentCNN):
-        return 3 * len(model.convs) * model.config.n_filters + 2 * model.config.embedding_dim
-    return 1024
+        c = model.config
+        return tokens * (3 * c.embedding_dim + 2 * c.n_filters) + c.n_filters * max(c.filter_sizes) * c.embedding_dim
+    return tokens * 1024
 
 
 def _captum(model, ids, lengths, method, n_steps, internal_batch_size) -> Attribution:
@@ -172,13 +179,14 @@ def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_si
     grad = torch.zeros_like(diff)  # [B, T, E] gradient summed (weighted) over the steps
     logits = ref_logits = model.fc.bias[0]
     rule = None if method == EXACT else _rule(method, n_steps, diff.dtype, diff.device)
+    shortest = int(lengths.min())
     for conv, w_out in zip(model.convs, w_fc):
         fs = conv.kernel_size[0]
         w = conv1d_weight(conv)  # [F, E, fs]
         p0 = conv.bias + torch.einsum("fek,e->f", w, emb0)  # [F] the same for every window
         a = F.conv1d(diff_t, w)  # [B, F, T - fs + 1]
         valid = window_mask(lengths, fs, a.shape[2]).unsqueeze(1)  # [B, 1, T']
-        tail = max(int(lengths.min()) - fs + 1, 0)  # windows before this are valid in every row
+        tail = max(shortest - fs + 1, 0)  # windows before this one are valid in every row
         a[:, :, tail:].masked_fill_(~valid[:, :, tail:], float("-inf"))
         m = a.amax(dim=2)  # [B, F]
         # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.

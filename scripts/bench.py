@@ -28,7 +28,7 @@ step count) against Captum batched at --steps; with ``--headline steps``, all fo
 fast engine at --steps (default 50, gausslegendre), the configuration compared at equal steps.
 
 ``--device cuda``: in-process only, float32 with TF32 off, CUDA synchronised around every timed
-call, the fast engine at 64..1024 reviews per call; defaults to 256-token reviews.
+call, the fast engine at 64..4096 reviews per call; defaults to 256-token reviews.
 """
 from __future__ import annotations
 
@@ -355,17 +355,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--lengths", choices=("imdb", "256"), default=None,
                    help="imdb: real test-set lengths; 256: reviews of 200-300 tokens (default: imdb on cpu, 256 on cuda)")
-    p.add_argument("--n", type=int, default=None, help="reviews (default 256 cpu, 2048 cuda, 64 quick)")
+    p.add_argument("--n", type=int, default=None, help="reviews (default 256 cpu, 4096 cuda, 64 quick)")
     p.add_argument("--batch-size", type=int, default=32, help="reviews per call for the fast engine")
     p.add_argument("--captum-batch-size", type=int, default=None, help="reviews per plain-Captum call (default --batch-size)")
-    p.add_argument("--fast-batch-sizes", type=int, nargs="*", default=None, help="several fast-engine batch sizes (cuda: 64..1024)")
+    p.add_argument("--fast-batch-sizes", type=int, nargs="*", default=None, help="several fast-engine batch sizes (cuda: 64..4096)")
     p.add_argument("--tutorial-n", type=int, default=None, help="reviews timed the tutorial's way (default 16, quick 8)")
     p.add_argument("--headline", choices=("exact", "steps"), default="exact",
                    help="engine configuration of the last line: the served default (exact) or fast at --steps")
     p.add_argument("--steps", type=int, default=50, help="steps of plain Captum and the fast engine (Captum's default 50)")
     p.add_argument("--chunk-elements", type=int, default=None,
-                   help="fast engine chunk size in floats (default: the shipped 4,000,000 on cpu, 2**28 on cuda)")
-    p.add_argument("--repeat", type=int, default=None, help="timed passes of the fast cases (default 1 cpu, 5 cuda)")
+                   help="fast engine chunk size in floats (default: model-config.yaml's chunk_elements, gpu_chunk_elements on cuda)")
+    p.add_argument("--repeat", type=int, default=None, help="timed passes of the fast cases (default 1 cpu, 3 cuda)")
     p.add_argument("--no-serve", action="store_true", help="skip the TorchServe part")
     p.add_argument("--serve-only", action="store_true", help="skip the in-process part (TorchServe only)")
     p.add_argument("--threads", type=int, default=0, help="torch threads in-process (0: torch's default)")
@@ -382,13 +382,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     cuda = a.device.startswith("cuda")
     a.lengths = a.lengths or ("256" if cuda else "imdb")
-    a.n = a.n or (64 if a.quick else 2048 if cuda else 256)
+    a.n = a.n or (64 if a.quick else 4096 if cuda else 256)
     a.tutorial_n = min(a.n, a.tutorial_n or (8 if a.quick else 16))
     a.captum_batch_size = a.captum_batch_size or (64 if cuda else min(a.batch_size, 64))  # issue: Captum batched, 64 reviews
-    a.chunk_elements = a.chunk_elements or (2**28 if cuda else IGSettings().chunk_elements)
-    a.repeat = a.repeat or (5 if cuda else 1)
+    served = yaml.safe_load((REPO / "model-config.yaml").read_text())["handler"]["explain"]
+    a.chunk_elements = a.chunk_elements or served["gpu_chunk_elements" if cuda else "chunk_elements"]
+    a.repeat = a.repeat or (3 if cuda else 1)
     if cuda and a.fast_batch_sizes is None:
-        a.fast_batch_sizes = [s for s in (64, 128, 256, 512, 1024) if s <= a.n]
+        a.fast_batch_sizes = [s for s in (64, 256, 1024, 2048, 4096) if s <= a.n]
     a.serve = not (a.no_serve or a.quick or cuda)
     a.out = Path(a.out or REPO / "bench_results" / f"bench-{a.device.replace(':', '')}.json")
     return a
