@@ -16,12 +16,14 @@ gradient therefore collapses, per channel, to a scalar weight on one window:
     G[f, t*] = w_fc[f] * sum_k c_k * 1{p0 + a_k * M > 0}          (quadrature with nodes a_k, c_k)
     G[f, t*] = w_fc[f] * |{a in [0, 1] : p0 + a * M > 0}|         (``method="exact"``: the integral)
 
-and the summed gradient w.r.t. the embedding is one transposed convolution of G. No step's
-activations are ever materialised; cost is one forward and one backward pass whatever the steps.
+and token t*+j of the winning window gets G[f, t*] * (e - e0) . W[f, :, j]. No step's activations
+are ever materialised; the cost is one pass over the windows whatever the steps. Both A and the
+backward products come from per-token tables (see ``_taps``), so no convolution runs at all.
 Ties (identical windows) share the gradient equally, as ``amax``'s backward does.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -145,13 +147,12 @@ def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution
 def _row_cost(model, tokens: int) -> int:
     """Floats of activations one row of ``tokens`` needs at once in an engine call.
 
-    Fast engine: the embedding difference in two layouts and the gradient (3 x E per token), one
-    conv's pre-activations and their winner mask (~2 x F per token), and the winners' weight rows
-    (F x largest filter x E per row, whatever the length).
+    Fast engine: one convolution's pre-activations and its winner mask (~2 x F per token) and the
+    window's table rows (fs int64 per token).
     """
     if isinstance(model, SentimentCNN):
         c = model.config
-        return tokens * (3 * c.embedding_dim + 2 * c.n_filters) + c.n_filters * max(c.filter_sizes) * c.embedding_dim
+        return tokens * (2 * c.n_filters + 2 * max(c.filter_sizes))
     return tokens * 1024
 
 
@@ -169,56 +170,86 @@ def _captum(model, ids, lengths, method, n_steps, internal_batch_size) -> Attrib
     return Attribution(attr.sum(dim=2).detach(), delta.detach(), logits, ref_logits, None, method, "captum")
 
 
+@dataclass(frozen=True)
+class _Taps:
+    """Per-vocabulary-token projections of one convolution: ``table[j * V + v, f]`` is
+    (e_v - e0) . W[f, :, j], tap j of filter f on token v's embedding difference. A window's
+    pre-activation difference A[t, f] is then the sum of fs table rows, one per token."""
+    table: torch.Tensor  # [fs * V, F]
+    p0: torch.Tensor  # [F] pre-activation of every reference window (bias included)
+    fs: int
+
+
+_TAPS: "weakref.WeakKeyDictionary[SentimentCNN, tuple[tuple, list[_Taps]]]" = weakref.WeakKeyDictionary()
+
+
+def _taps(model: SentimentCNN) -> list[_Taps]:
+    """The tap tables, built once per model and rebuilt if its weights change (tensor versions).
+
+    Why tables: the convolution's input is an embedding lookup, so conv(e - e0) only ever sees
+    V distinct token vectors. Projecting them once (12 x V x F floats: 120 MB for the shipped
+    model) turns every later convolution into fs row lookups per window -- one ``embedding_bag``
+    -- and the backward pass into scalar lookups in the same tables. It also makes ties exact:
+    windows with the same tokens sum the same rows in the same order, so repeated phrases tie
+    bit for bit and share the gradient evenly, as ``amax``'s backward does in exact arithmetic
+    (a convolution's vectorised sums differ in the last bit from position to position).
+    """
+    params = [model.embedding.weight] + [p for conv in model.convs for p in (conv.weight, conv.bias)]
+    stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    cached = _TAPS.get(model)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    with torch.no_grad():
+        emb = model.embedding.weight  # [V, E]
+        emb0 = emb[model.embedding.padding_idx]  # [E] the reference token
+        diff = emb - emb0  # [V, E]
+        taps = []
+        for conv in model.convs:
+            w = conv1d_weight(conv)  # [F, E, fs]
+            table = torch.einsum("ve,fej->jvf", diff, w).reshape(-1, w.shape[0]).contiguous()  # [fs * V, F]
+            taps.append(_Taps(table, conv.bias + torch.einsum("fej,e->f", w, emb0), w.shape[2]))
+    _TAPS[model] = (stamp, taps)
+    return taps
+
+
 @torch.no_grad()
 def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_size=None) -> Attribution:
-    ref = reference_ids(ids, model.embedding.padding_idx)
-    emb0 = model.embedding(ref[:1, :1])[0, 0]  # [E] the reference is one token repeated
-    diff = model.embedding(ids) - emb0  # [B, T, E]
-    diff_t = diff.transpose(1, 2).contiguous()  # [B, E, T] once, not once per conv
+    b, t = ids.shape
+    rule = None if method == EXACT else _rule(method, n_steps, model.fc.weight.dtype, ids.device)
     w_fc = model.fc.weight[0].split(model.config.n_filters)  # len(fs) x [F]
-    grad = torch.zeros_like(diff)  # [B, T, E] gradient summed (weighted) over the steps
+    attributions = torch.zeros(b, t, dtype=model.fc.weight.dtype, device=ids.device)  # [B, T]
     logits = ref_logits = model.fc.bias[0]
-    rule = None if method == EXACT else _rule(method, n_steps, diff.dtype, diff.device)
     shortest = int(lengths.min())
-    for conv, w_out in zip(model.convs, w_fc):
-        fs = conv.kernel_size[0]
-        w = conv1d_weight(conv)  # [F, E, fs]
-        p0 = conv.bias + torch.einsum("fek,e->f", w, emb0)  # [F] the same for every window
-        a = F.conv1d(diff_t, w)  # [B, F, T - fs + 1]
-        valid = window_mask(lengths, fs, a.shape[2]).unsqueeze(1)  # [B, 1, T']
+    for taps, w_out in zip(_taps(model), w_fc):
+        fs, n, vocab = taps.fs, t - taps.fs + 1, taps.table.shape[0] // taps.fs
+        rows = ids.unfold(1, fs, 1) + torch.arange(fs, device=ids.device) * vocab  # [B, T', fs] table rows per window
+        a = F.embedding_bag(rows.reshape(-1, fs), taps.table, mode="sum").view(b, n, -1)  # [B, T', F]
+        valid = window_mask(lengths, fs, n)  # [B, T']
         tail = max(shortest - fs + 1, 0)  # windows before this one are valid in every row
-        a[:, :, tail:].masked_fill_(~valid[:, :, tail:], float("-inf"))
-        m = a.amax(dim=2)  # [B, F]
+        a[:, tail:].masked_fill_(~valid[:, tail:, None], float("-inf"))
+        m = a.amax(dim=1)  # [B, F]
         # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
-        logits = logits + F.relu(p0 + m) @ w_out  # [B]
-        ref_logits = ref_logits + F.relu(p0) @ w_out
-        on = _time_on(p0, m, rule)  # [B, F] weighted length of ReLU "on"
-        _scatter_winners(grad, a == m.unsqueeze(2), on * w_out, w)
+        logits = logits + F.relu(taps.p0 + m) @ w_out  # [B]
+        ref_logits = ref_logits + F.relu(taps.p0) @ w_out
+        g = _time_on(taps.p0, m, rule) * w_out  # [B, F] summed gradient of each channel's max
+        winners = a == m.unsqueeze(1)  # [B, T', F]; ties split g evenly, as amax's backward
+        row, start, ch = winners.nonzero(as_tuple=True)  # [N] each; N = B*F without ties
+        share = g[row, ch] / winners.sum(dim=1)[row, ch]  # [N]
+        # Backward through the winning window: token t*+j gets share * (e - e0) . W[f, :, j],
+        # which is the table entry already looked up in the forward pass.
+        where = rows[row, start]  # [N, fs] table rows of the winning windows
+        values = taps.table[where, ch.unsqueeze(1)] * share.unsqueeze(1)  # [N, fs]
+        tokens = (row * t + start).unsqueeze(1) + torch.arange(fs, device=ids.device)  # [N, fs] flat [B, T] index
+        attributions.view(-1).index_add_(0, tokens.flatten(), values.flatten())
         if rule is not None and rule[2]:  # at alpha = 0 every valid window ties (all equal p0): amax splits evenly
-            even = (valid / valid.sum(dim=2, keepdim=True)).to(a.dtype)  # [B, 1, T']
-            w_even = (rule[2] * (p0 > 0).to(a.dtype) * w_out) @ w.flatten(1)  # [E * fs]
-            grad += F.conv_transpose1d(even, w_even.view(1, *w.shape[1:])).transpose(1, 2)
-    attributions = (diff * grad).sum(dim=2)  # [B, T]
+            coef = rule[2] * (taps.p0 > 0).to(g.dtype) * w_out  # [F]
+            per_token = (taps.table @ coef).view(fs, vocab)  # [fs, V]
+            even = valid / valid.sum(dim=1, keepdim=True)  # [B, T']
+            for j in range(fs):
+                attributions[:, j : j + n] += even * per_token[j][ids[:, j : j + n]]
     ref_logits = ref_logits.expand_as(logits)
     delta = attributions.sum(dim=1) - (logits - ref_logits)
     return Attribution(attributions, delta, logits, ref_logits, None, method, "fast")
-
-
-def _scatter_winners(grad: torch.Tensor, winners: torch.Tensor, g: torch.Tensor, w: torch.Tensor) -> None:
-    """grad [B, T, E] += the transposed convolution of g [B, F] placed on each channel's max-pool
-    winners [B, F, T'] (bool; ties split g evenly, as ``amax``'s backward does).
-
-    The dense ``conv_transpose1d`` of a [B, F, T'] tensor that is zero except at one window per
-    channel did B*T'*F*E*fs multiply-adds for B*F*E*fs useful ones; here only the winners'
-    weight rows are added, which cut the engine's CPU time by about a third (docs/performance.md).
-    """
-    b, t, e = grad.shape
-    fs = w.shape[2]
-    row, ch, start = winners.nonzero(as_tuple=True)  # [N] each; N = B*F without ties
-    share = g[row, ch] / winners.sum(dim=2)[row, ch]  # [N]
-    taps = w.permute(0, 2, 1).reshape(w.shape[0], -1).index_select(0, ch) * share.unsqueeze(1)  # [N, fs * E]
-    where = (row * t + start).unsqueeze(1) + torch.arange(fs, device=grad.device)  # [N, fs] flat token index
-    grad.view(b * t, e).index_add_(0, where.flatten(), taps.reshape(-1, e))
 
 
 def _rule(method: str, n_steps: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -69,6 +69,9 @@ class SentimentHandler(BaseHandler):
         metrics_file = self.model_dir / "metrics.json"  # the shipped model's own record, for describe
         shipped = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         self.shipped = {k: shipped.get(k) for k in ("test_accuracy", "val_accuracy", "n_test", "data_sha256")}
+        if self.ig.engine == "fast" and fast_engine_applies(self.model):  # build its tap tables now, not in a request
+            layer_ig(self.model, torch.zeros(1, self.min_len, dtype=torch.long, device=self.device),
+                     torch.tensor([self.min_len], device=self.device), self.ig)
         self.initialized = True
         logger.info("imdb_sentiment on %s, vocab %d, explain %s (fast engine applies: %s)",
                     self.device, len(self.vocab), self.ig, fast_engine_applies(self.model))

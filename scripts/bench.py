@@ -182,6 +182,43 @@ def max_rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-30)) for x, y in zip(a, b))
 
 
+def arbitrate(model, token_lists, vocab, fast: CaseResult, captum: CaseResult, steps: int, device: str,
+              limit: int = 16) -> dict:
+    """How the fast engine and Captum (both float32, equal steps) agree review by review, and who is
+    right where they differ by more than 1e-5: Captum in float64 decides, on up to ``limit`` of
+    those reviews. Also compared there: attributions summed per token id, which do not depend on
+    which copy of a repeated phrase wins a max-pool tie (the copies hold the same tokens)."""
+    per_review = np.array([max_rel_diff([x], [y]) for x, y in zip(fast.attributions, captum.attributions)])
+    report = {"reviews": len(per_review), "p50": float(np.median(per_review)), "p99": float(np.percentile(per_review, 99)),
+              "max": float(per_review.max()), "over_1e-5": int((per_review > 1e-5).sum())}
+    worst = [int(i) for i in np.argsort(-per_review)[:limit] if per_review[i] > 1e-5]
+    if not worst:
+        return report
+    double = type(model)(model.config).double().to(device).eval()
+    double.load_state_dict(model.state_dict())
+    batch = encode([token_lists[i] for i in worst], vocab, MIN_LEN, MAX_TOKENS).to(device)
+    truth = layer_ig(double, batch.ids, batch.lengths, IGSettings(engine="captum", method="gausslegendre",
+                                                                  n_steps=steps, chunk_elements=WHOLE_BATCH)).attributions
+    truth = [truth[j, : int(n)].cpu() for j, n in enumerate(batch.lengths)]
+    ids = [batch.ids[j, : int(n)].cpu() for j, n in enumerate(batch.lengths)]
+
+    def per_token(attr: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [torch.zeros(int(i.max()) + 1, dtype=torch.float64).index_add_(0, i, a.double()) for i, a in zip(ids, attr)]
+
+    fast_w, captum_w = [fast.attributions[i].double() for i in worst], [captum.attributions[i].double() for i in worst]
+    report["arbitrated"] = {
+        "reviews": len(worst),
+        "fast_float32_vs_captum_float64": max_rel_diff(fast_w, truth),
+        "captum_float32_vs_captum_float64": max_rel_diff(captum_w, truth),
+        "per_token_id": {
+            "fast_float32_vs_captum_float32": max_rel_diff(per_token(fast_w), per_token(captum_w)),
+            "fast_float32_vs_captum_float64": max_rel_diff(per_token(fast_w), per_token(truth)),
+            "captum_float32_vs_captum_float64": max_rel_diff(per_token(captum_w), per_token(truth)),
+        },
+    }
+    return report
+
+
 def in_process_cases(args) -> list[Case]:
     gl = IGSettings(engine="fast", method="gausslegendre", n_steps=args.steps, chunk_elements=args.chunk_elements)
     cases = [
@@ -395,7 +432,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def compare(results: list[CaseResult], a: argparse.Namespace) -> tuple[dict, dict]:
+def compare(results: list[CaseResult], a: argparse.Namespace, arbiter) -> tuple[dict, dict]:
     """Print the in-process table; return (attribution agreement, headline speedups)."""
     by = {r.name: r for r in results}
     tutorial, batched = by["tutorial"], by["captum batched"]
@@ -407,6 +444,7 @@ def compare(results: list[CaseResult], a: argparse.Namespace) -> tuple[dict, dic
         f"fast_vs_captum_batched_{a.steps}_steps": max_rel_diff(head.attributions, batched.attributions),
         "fast_500_vs_tutorial": max_rel_diff(fast500.attributions[: a.tutorial_n], tutorial.attributions),
         "definition": "max over reviews of max|a_fast - a_captum| / max|a_captum|",
+        "per_review_vs_captum_batched": arbiter(head, batched),
     }
     exact = by[head.name.replace("fast", "fast exact", 1)]
     headlines = {
@@ -435,6 +473,17 @@ def compare(results: list[CaseResult], a: argparse.Namespace) -> tuple[dict, dic
     print(f"Max relative difference of attributions (max|fast - captum| / max|captum| per review): "
           f"{agreement[f'fast_vs_captum_batched_{a.steps}_steps']:.1e} vs Captum batched at {a.steps} steps, "
           f"{agreement['fast_500_vs_tutorial']:.1e} vs the tutorial way at 500 steps.")
+    per = agreement["per_review_vs_captum_batched"]
+    print(f"Per review vs Captum batched: p50 {per['p50']:.1e}, p99 {per['p99']:.1e}, max {per['max']:.1e}; "
+          f"{per['over_1e-5']} of {per['reviews']} reviews differ by more than 1e-5.")
+    if "arbitrated" in per:
+        arb = per["arbitrated"]
+        tok = arb["per_token_id"]
+        print(f"On {arb['reviews']} of them, against Captum in float64: fast (float32) {arb['fast_float32_vs_captum_float64']:.1e}, "
+              f"Captum (float32) {arb['captum_float32_vs_captum_float64']:.1e}. Summed per token id (the same whichever copy "
+              f"of a repeated window wins a tie): fast vs Captum {tok['fast_float32_vs_captum_float32']:.1e}, fast vs "
+              f"Captum float64 {tok['fast_float32_vs_captum_float64']:.1e}, Captum vs Captum float64 "
+              f"{tok['captum_float32_vs_captum_float64']:.1e}.")
     return agreement, summary
 
 
@@ -461,7 +510,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {res.name:24s} {res.reviews_per_s:12,.1f} reviews/s  p90 rel delta {res.rel_delta_p90:.1e}", flush=True)
         results.append(res)
     if results:
-        agreement, summary = compare(results, a)
+        agreement, summary = compare(results, a, lambda fast, captum: arbitrate(
+            model, token_lists, vocab, fast, captum, a.steps, a.device))
     serve_rows, handler_rows = [], []
     if a.serve:
         print("\n## Through TorchServe", flush=True)

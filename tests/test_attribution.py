@@ -66,6 +66,25 @@ def test_repeated_phrases_get_captums_attribution_per_token(model, method):
     assert torch.allclose(fast.delta, ref.delta, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_copies_of_a_repeated_phrase_get_the_same_attributions(model, dtype):
+    """Exact ties split evenly (as amax's backward does in exact arithmetic), whatever the last
+    bit of a convolution would say: interior copies of a repeated phrase are indistinguishable.
+    (Picking winners with ``a == max`` on conv1d outputs, interior copies of "10 292" differed by
+    54% of the largest attribution in float64: the conv's sums differ in the last bit between
+    equal windows, so one arbitrary copy took the whole share.)"""
+    m = SentimentCNN(model.config).to(dtype).eval()
+    m.load_state_dict(model.state_dict())
+    phrase = layer_ig(m, torch.tensor([[10, 292] * 11]), torch.tensor([22]), IGSettings(method="exact")).attributions[0]
+    scale = float(phrase.abs().max())
+    interior = phrase[4:18].view(7, 2)  # copies whose tokens every window size fully covers
+    assert torch.allclose(interior, interior[:1].expand_as(interior), rtol=0, atol=1e-6 * scale)
+    assert not torch.allclose(phrase[0:2], phrase[4:6], rtol=0, atol=1e-3 * scale)  # the first copy sees fewer windows
+    ids = torch.tensor([[20, 21] + [11, 12, 13, 14, 15, 16] * 5 + [22, 23, 24, 25]])  # [1, 36]
+    out = layer_ig(m, ids, torch.tensor([36]), IGSettings(method="exact")).attributions[0]
+    assert torch.allclose(out[8:14], out[14:20], rtol=0, atol=1e-6 * float(out.abs().max()))
+
+
 def test_fast_engine_equals_captum_on_the_shipped_model_and_real_reviews():
     model, vocab = load_model(SHIPPED), Vocab.load(SHIPPED)
     reviews = ["It was a fantastic performance !", "That is a terrible movie.",
