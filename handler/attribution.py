@@ -18,12 +18,11 @@ gradient therefore collapses, per channel, to a scalar weight on one window:
 
 and token t*+j of the winning window gets G[f, t*] * (e - e0) . W[f, :, j]. No step's activations
 are ever materialised; the cost is one pass over the windows whatever the steps. Both A and the
-backward products come from per-token tables (see ``_taps``), so no convolution runs at all.
+backward products come from per-token tables (``model.token_taps``), so no convolution runs at all.
 Ties (identical windows) share the gradient equally, as ``amax``'s backward does.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from captum.attr import LayerIntegratedGradients, TokenReferenceBase
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
-from handler.model import SentimentCNN, conv1d_weight, window_mask
+from handler.model import SentimentCNN, token_taps, window_mask, window_sums
 
 EXACT = "exact"
 METHODS = tuple(SUPPORTED_METHODS) + (EXACT,)
@@ -170,48 +169,6 @@ def _captum(model, ids, lengths, method, n_steps, internal_batch_size) -> Attrib
     return Attribution(attr.sum(dim=2).detach(), delta.detach(), logits, ref_logits, None, method, "captum")
 
 
-@dataclass(frozen=True)
-class _Taps:
-    """Per-vocabulary-token projections of one convolution: ``table[j * V + v, f]`` is
-    (e_v - e0) . W[f, :, j], tap j of filter f on token v's embedding difference. A window's
-    pre-activation difference A[t, f] is then the sum of fs table rows, one per token."""
-    table: torch.Tensor  # [fs * V, F]
-    p0: torch.Tensor  # [F] pre-activation of every reference window (bias included)
-    fs: int
-
-
-_TAPS: "weakref.WeakKeyDictionary[SentimentCNN, tuple[tuple, list[_Taps]]]" = weakref.WeakKeyDictionary()
-
-
-def _taps(model: SentimentCNN) -> list[_Taps]:
-    """The tap tables, built once per model and rebuilt if its weights change (tensor versions).
-
-    Why tables: the convolution's input is an embedding lookup, so conv(e - e0) only ever sees
-    V distinct token vectors. Projecting them once (12 x V x F floats: 120 MB for the shipped
-    model) turns every later convolution into fs row lookups per window -- one ``embedding_bag``
-    -- and the backward pass into scalar lookups in the same tables. It also makes ties exact:
-    windows with the same tokens sum the same rows in the same order, so repeated phrases tie
-    bit for bit and share the gradient evenly, as ``amax``'s backward does in exact arithmetic
-    (a convolution's vectorised sums differ in the last bit from position to position).
-    """
-    params = [model.embedding.weight] + [p for conv in model.convs for p in (conv.weight, conv.bias)]
-    stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    cached = _TAPS.get(model)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    with torch.no_grad():
-        emb = model.embedding.weight  # [V, E]
-        emb0 = emb[model.embedding.padding_idx]  # [E] the reference token
-        diff = emb - emb0  # [V, E]
-        taps = []
-        for conv in model.convs:
-            w = conv1d_weight(conv)  # [F, E, fs]
-            table = torch.einsum("ve,fej->jvf", diff, w).reshape(-1, w.shape[0]).contiguous()  # [fs * V, F]
-            taps.append(_Taps(table, conv.bias + torch.einsum("fej,e->f", w, emb0), w.shape[2]))
-    _TAPS[model] = (stamp, taps)
-    return taps
-
-
 @torch.no_grad()
 def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_size=None) -> Attribution:
     b, t = ids.shape
@@ -220,10 +177,9 @@ def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_si
     attributions = torch.zeros(b, t, dtype=model.fc.weight.dtype, device=ids.device)  # [B, T]
     logits = ref_logits = model.fc.bias[0]
     shortest = int(lengths.min())
-    for taps, w_out in zip(_taps(model), w_fc):
+    for taps, w_out in zip(token_taps(model), w_fc):
         fs, n, vocab = taps.fs, t - taps.fs + 1, taps.table.shape[0] // taps.fs
-        rows = ids.unfold(1, fs, 1) + torch.arange(fs, device=ids.device) * vocab  # [B, T', fs] table rows per window
-        a = F.embedding_bag(rows.reshape(-1, fs), taps.table, mode="sum").view(b, n, -1)  # [B, T', F]
+        rows, a = window_sums(taps, ids)  # [B, T', fs] table rows per window, [B, T', F] A = conv(e - e0)
         valid = window_mask(lengths, fs, n)  # [B, T']
         tail = max(shortest - fs + 1, 0)  # windows before this one are valid in every row
         a[:, tail:].masked_fill_(~valid[:, tail:, None], float("-inf"))

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler import payload
 from handler.attribution import IGSettings, fast_engine_applies, layer_ig
-from handler.model import load_model
+from handler.model import load_model, predict_logits, token_taps
 from handler.text import Vocab, encode, tokenize
 
 logger = logging.getLogger(__name__)
@@ -69,9 +70,11 @@ class SentimentHandler(BaseHandler):
         metrics_file = self.model_dir / "metrics.json"  # the shipped model's own record, for describe
         shipped = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         self.shipped = {k: shipped.get(k) for k in ("test_accuracy", "val_accuracy", "n_test", "data_sha256")}
-        if self.ig.engine == "fast" and fast_engine_applies(self.model):  # build its tap tables now, not in a request
-            layer_ig(self.model, torch.zeros(1, self.min_len, dtype=torch.long, device=self.device),
-                     torch.tensor([self.min_len], device=self.device), self.ig)
+        # Predictions and the fast engine run on the model's tap tables: built now, not in a request.
+        self.forward = self.model
+        if fast_engine_applies(self.model):
+            token_taps(self.model)
+            self.forward = partial(predict_logits, self.model)
         self.initialized = True
         logger.info("imdb_sentiment on %s, vocab %d, explain %s (fast engine applies: %s)",
                     self.device, len(self.vocab), self.ig, fast_engine_applies(self.model))
@@ -152,7 +155,7 @@ class SentimentHandler(BaseHandler):
             with torch.inference_mode():
                 sel = torch.tensor(predict_pos, device=self.device)
                 width = int(batch.lengths[sel].max())
-                logits = self.model(batch.ids[sel, :width], batch.lengths[sel]).tolist()
+                logits = self.forward(batch.ids[sel, :width], batch.lengths[sel]).tolist()
             for k, logit in zip(predict_pos, logits):
                 out[rows[k]] = self._base(batch, k, logit)
         groups: dict[IGSettings, list[int]] = {}

@@ -339,8 +339,14 @@ def explain_in_process(reviews: list[Review], model_dir: Path, explain: bool = T
     """Answer reviews with the real SentimentHandler in this process, without TorchServe: the same
     JSON a server sends. Used for --local, the README images and the browser test. Imports torch
     and TorchServe only when called, so the HTTP client stays light."""
+    handler, context = local_handler(model_dir, model_config, batch_size)
+    return answer_locally(handler, context, reviews, explain)
+
+
+def local_handler(model_dir: Path, model_config: Path | None = None, batch_size: int = 8):
+    """(SentimentHandler, ts Context) initialised as a TorchServe worker would, with batchSize ``batch_size``."""
     import yaml
-    from ts.context import Context, RequestProcessor
+    from ts.context import Context
 
     from handler.sentiment_handler import SentimentHandler
 
@@ -350,9 +356,16 @@ def explain_in_process(reviews: list[Review], model_dir: Path, explain: bool = T
                       metrics=None, model_yaml_config=config)
     handler = SentimentHandler()
     handler.initialize(context)
+    return handler, context
+
+
+def answer_locally(handler, context, reviews: list[Review], explain: bool) -> list[dict]:
+    """Send ``reviews`` through ``handler`` in batches of the context's batch size, as the frontend would."""
+    from ts.context import RequestProcessor
+
     results = []
-    for start in range(0, len(reviews), batch_size):
-        chunk = reviews[start:start + batch_size]
+    for start in range(0, len(reviews), context.system_properties["batch_size"]):
+        chunk = reviews[start:start + context.system_properties["batch_size"]]
         context.request_processor = [RequestProcessor({"explain": str(explain)}) for _ in chunk]
         context.request_ids = {i: str(start + i) for i in range(len(chunk))}
         results += handler.handle([{"body": r.text.encode()} for r in chunk], context)

@@ -389,3 +389,15 @@ def test_torchserves_own_kservev2_envelope_still_works(kservev2_envelope: Client
         answers = [o["data"][0] for o in body["outputs"]]
         assert [a["label"] for a in answers] == [TUTORIAL[t] for t in texts]
         assert all(("attributions" in a) == explain for a in answers)
+
+
+def test_the_benchmark_load_generator_reads_every_answer_and_counts_the_failures(ts: Client) -> None:
+    """scripts/bench.py's raw keep-alive HTTP client: 20 requests over 4 connections, 3 of them bad."""
+    import bench
+
+    good, bad = json.dumps({"text": "A fine film."}).encode(), b'{"no_text": 1}'
+    for kind in ("predictions", "explanations"):
+        res = bench.drive(f"{ts.server.inference}/{kind}/{MODEL}", ts.auth["Authorization"].split()[1],
+                          [good] * 17 + [bad] * 3, concurrency=4)
+        assert res["requests"] == 20 and res["errors"] == 3, res
+        assert res["per_s"] > 0 and 0 < res["p50_ms"] <= res["p99_ms"], res

@@ -5,7 +5,7 @@ import struct
 import torch
 
 from helpers import SHIPPED, tiny_artifacts
-from handler.model import WEIGHTS_FILE, ModelConfig, SentimentCNN, load_model
+from handler.model import WEIGHTS_FILE, ModelConfig, SentimentCNN, load_model, predict_logits, token_taps
 from handler.text import Vocab, encode, tokenize
 
 TUTORIAL = [
@@ -85,3 +85,21 @@ def test_conv1d_form_equals_the_tutorials_conv2d_forward():
         pooled = [torch.relu(conv(x).squeeze(3)).amax(dim=2) for conv in model.convs]
         tutorial = model.fc(torch.cat(pooled, dim=1)).squeeze(1)
         assert torch.allclose(model(ids), tutorial, atol=1e-5)
+
+
+def test_tap_table_predictions_equal_the_models_forward_and_follow_weight_changes():
+    """predict_logits (embedding_bag over per-token tables) is the model's eval forward, batched
+    or alone, and rebuilds its tables when the weights change in place."""
+    torch.manual_seed(0)
+    model = SentimentCNN(ModelConfig(vocab_size=50)).eval()
+    ids = torch.randint(2, 50, (4, 20))
+    ids[1, 9:] = 1
+    lengths = torch.tensor([20, 9, 20, 20])
+    with torch.no_grad():
+        assert torch.allclose(predict_logits(model, ids, lengths), model(ids, lengths), atol=1e-5)
+        assert torch.allclose(predict_logits(model, ids[1:2, :9], lengths[1:2]), model(ids[1:2, :9], lengths[1:2]), atol=1e-5)
+        before = token_taps(model)
+        assert token_taps(model) is before  # cached
+        model.embedding.weight.mul_(2.0)
+        assert token_taps(model) is not before
+        assert torch.allclose(predict_logits(model, ids, lengths), model(ids, lengths), atol=1e-5)
