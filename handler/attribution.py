@@ -98,7 +98,7 @@ def layer_ig(model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor, s
     if settings.engine == "fast" and not fast_engine_applies(model):
         settings = replace(settings, engine="captum", method="gausslegendre" if settings.method == EXACT else settings.method)
     out = _run(model, ids, lengths, settings, settings.n_steps)
-    if not settings.adaptive or settings.method == EXACT:
+    if not settings.adaptive or settings.method == EXACT or settings.engine == "fast":  # fast: adaptive inside
         return out
     steps = settings.n_steps
     todo = _unconverged(out, settings.rtol)
@@ -130,82 +130,133 @@ def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution
     for start in range(0, b, rows_per_chunk):
         rows = order[start : start + rows_per_chunk]
         width = sorted_lengths[min(start + rows_per_chunk, b) - 1]
-        parts.append((rows, fn(model, ids[rows, :width], lengths[rows], settings.method, n_steps, settings.internal_batch_size)))
+        parts.append((rows, fn(model, ids[rows, :width], lengths[rows], settings, n_steps)))
     dtype = parts[0][1].attributions.dtype
     out = Attribution(torch.zeros(b, t, dtype=dtype, device=ids.device),
                       *(torch.empty(b, dtype=dtype, device=ids.device) for _ in range(3)),
-                      n_steps=torch.full((b,), 0 if settings.method == EXACT else n_steps, device=ids.device),
+                      n_steps=torch.empty(b, dtype=torch.long, device=ids.device),
                       method=settings.method, engine=settings.engine)
     for rows, res in parts:
         width = res.attributions.shape[1]
         out.attributions[rows, :width] = res.attributions
         out.delta[rows], out.logits[rows], out.ref_logits[rows] = res.delta, res.logits, res.ref_logits
+        out.n_steps[rows] = res.n_steps
     return out
 
 
 def _row_cost(model, tokens: int) -> int:
     """Floats of activations one row of ``tokens`` needs at once in an engine call.
 
-    Fast engine: one convolution's pre-activations and its winner mask (~2 x F per token) and the
-    window's table rows (fs int64 per token).
+    Fast engine: every filter size's pre-activations and table rows are kept between its two
+    passes (F floats + fs int64 per token each), plus one winner mask at a time.
     """
     if isinstance(model, SentimentCNN):
         c = model.config
-        return tokens * (2 * c.n_filters + 2 * max(c.filter_sizes))
+        return tokens * (len(c.filter_sizes) * (c.n_filters + 2 * max(c.filter_sizes)) + c.n_filters)
     return tokens * 1024
 
 
-def _captum(model, ids, lengths, method, n_steps, internal_batch_size) -> Attribution:
+def _captum(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
     """Captum's LayerIntegratedGradients; runs with autograd on even inside TorchServe's inference_mode."""
     with torch.inference_mode(False), torch.enable_grad():
         ids, lengths = ids.clone(), lengths.clone()  # inference tensors cannot be saved for backward
         ref = reference_ids(ids, model.embedding.padding_idx)
         lig = LayerIntegratedGradients(model, model.embedding)
         attr, delta = lig.attribute(ids, ref, additional_forward_args=(lengths,), n_steps=n_steps,
-                                    method=method, internal_batch_size=internal_batch_size,
+                                    method=settings.method, internal_batch_size=settings.internal_batch_size,
                                     return_convergence_delta=True)
         with torch.no_grad():
             logits, ref_logits = model(ids, lengths), model(ref, lengths)
-    return Attribution(attr.sum(dim=2).detach(), delta.detach(), logits, ref_logits, None, method, "captum")
+    return Attribution(attr.sum(dim=2).detach(), delta.detach(), logits, ref_logits,
+                       torch.full_like(lengths, n_steps), settings.method, "captum")
 
 
 @torch.no_grad()
-def _fast(model: SentimentCNN, ids, lengths, method, n_steps, _internal_batch_size=None) -> Attribution:
+def _fast(model: SentimentCNN, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
+    """Two passes: the windows' pre-activations and maxima of every filter size, then the backward
+    scatter with each review's step count -- chosen in between, by ``_choose_steps``, from [B, F]
+    quantities alone, so adaptive steps cost no extra pass over the windows."""
     b, t = ids.shape
-    rule = None if method == EXACT else _rule(method, n_steps, model.fc.weight.dtype, ids.device)
+    dtype = model.fc.weight.dtype
     w_fc = model.fc.weight[0].split(model.config.n_filters)  # len(fs) x [F]
-    attributions = torch.zeros(b, t, dtype=model.fc.weight.dtype, device=ids.device)  # [B, T]
     logits = ref_logits = model.fc.bias[0]
     shortest = int(lengths.min())
+    convs = []
     for taps, w_out in zip(token_taps(model), w_fc):
-        fs, n, vocab = taps.fs, t - taps.fs + 1, taps.table.shape[0] // taps.fs
         rows, a = window_sums(taps, ids)  # [B, T', fs] table rows per window, [B, T', F] A = conv(e - e0)
-        valid = window_mask(lengths, fs, n)  # [B, T']
-        tail = max(shortest - fs + 1, 0)  # windows before this one are valid in every row
+        valid = window_mask(lengths, taps.fs, a.shape[1])  # [B, T']
+        tail = max(shortest - taps.fs + 1, 0)  # windows before this one are valid in every row
         a[:, tail:].masked_fill_(~valid[:, tail:, None], float("-inf"))
         m = a.amax(dim=1)  # [B, F]
         # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
         logits = logits + F.relu(taps.p0 + m) @ w_out  # [B]
         ref_logits = ref_logits + F.relu(taps.p0) @ w_out
-        g = _time_on(taps.p0, m, rule) * w_out  # [B, F] summed gradient of each channel's max
+        convs.append((taps, w_out, rows, a, valid, m))
+    ref_logits = ref_logits.expand_as(logits)
+    steps, weights, at_zero = _choose_steps(convs, logits - ref_logits, settings, n_steps)
+
+    attributions = torch.zeros(b, t, dtype=dtype, device=ids.device)  # [B, T]
+    for (taps, w_out, rows, a, valid, m), g in zip(convs, weights):
+        fs, n = taps.fs, a.shape[1]
         winners = a == m.unsqueeze(1)  # [B, T', F]; ties split g evenly, as amax's backward
         row, start, ch = winners.nonzero(as_tuple=True)  # [N] each; N = B*F without ties
         share = g[row, ch] / winners.sum(dim=1)[row, ch]  # [N]
         # Backward through the winning window: token t*+j gets share * (e - e0) . W[f, :, j],
         # which is the table entry already looked up in the forward pass.
-        where = rows[row, start]  # [N, fs] table rows of the winning windows
-        values = taps.table[where, ch.unsqueeze(1)] * share.unsqueeze(1)  # [N, fs]
+        values = taps.table[rows[row, start], ch.unsqueeze(1)] * share.unsqueeze(1)  # [N, fs]
         tokens = (row * t + start).unsqueeze(1) + torch.arange(fs, device=ids.device)  # [N, fs] flat [B, T] index
         attributions.view(-1).index_add_(0, tokens.flatten(), values.flatten())
-        if rule is not None and rule[2]:  # at alpha = 0 every valid window ties (all equal p0): amax splits evenly
-            coef = rule[2] * (taps.p0 > 0).to(g.dtype) * w_out  # [F]
-            per_token = (taps.table @ coef).view(fs, vocab)  # [fs, V]
-            even = valid / valid.sum(dim=1, keepdim=True)  # [B, T']
+        if at_zero is not None:  # at alpha = 0 every valid window ties (all equal p0): amax splits evenly
+            per_token = (taps.table @ ((taps.p0 > 0).to(dtype) * w_out)).view(fs, -1)  # [fs, V]
+            even = at_zero.unsqueeze(1) * valid / valid.sum(dim=1, keepdim=True)  # [B, T']
             for j in range(fs):
                 attributions[:, j : j + n] += even * per_token[j][ids[:, j : j + n]]
-    ref_logits = ref_logits.expand_as(logits)
     delta = attributions.sum(dim=1) - (logits - ref_logits)
-    return Attribution(attributions, delta, logits, ref_logits, None, method, "fast")
+    return Attribution(attributions, delta, logits, ref_logits, steps, settings.method, "fast")
+
+
+def _choose_steps(convs: list, gap: torch.Tensor, settings: IGSettings, n_steps: int):
+    """Per review: the step count, each filter size's channel weights g [B, F] (the integrated
+    gradient of each channel's max), and the weight of an alpha = 0 node [B] (None if the rule has none).
+
+    Fixed steps: ``n_steps`` for every review. Adaptive: the first of n_steps, 2 n_steps, ... (up
+    to max_steps) whose delta is within rtol -- read off before any backward work, since the
+    attributions of a review sum to sum_f g_f * M_f (each winning window's tokens sum to its
+    pre-activation M_f), plus for an alpha = 0 node its weight times the mean over valid windows.
+    """
+    b = gap.shape[0]
+    device, dtype = gap.device, gap.dtype
+    if settings.method == EXACT:
+        return (torch.zeros(b, dtype=torch.long, device=device),
+                [_time_on(taps.p0, m, None) * w_out for taps, w_out, _, _, _, m in convs], None)
+    candidates = [n_steps]
+    while settings.adaptive and candidates[-1] < settings.max_steps:
+        candidates.append(min(2 * candidates[-1], settings.max_steps))
+    mean_a = None
+    if _rule(settings.method, n_steps, dtype, device)[2]:  # the rule has a node at alpha = 0
+        mean_a = [torch.where(valid.unsqueeze(2), a, 0.0).sum(dim=1) / valid.sum(dim=1, keepdim=True)
+                  for _, _, _, a, valid, _ in convs]  # [B, F] each
+    chosen = steps = weights = at_zero = None
+    for k, n in enumerate(candidates):
+        rule = _rule(settings.method, n, dtype, device)
+        g = [_time_on(taps.p0, m, rule) * w_out for taps, w_out, _, _, _, m in convs]  # [B, F] each
+        z = torch.full((b,), rule[2], dtype=dtype, device=device)
+        total = sum((gi * c[5]).sum(dim=1) for gi, c in zip(g, convs))  # [B] sum of the attributions
+        if mean_a is not None:
+            total = total + z * sum((((c[0].p0 > 0).to(dtype) * c[1]) * ma).sum(dim=1) for c, ma in zip(convs, mean_a))
+        delta = (total - gap).abs()
+        done = (delta <= settings.rtol * gap.abs()) | (delta <= 1e-6) | torch.tensor(k == len(candidates) - 1, device=device)
+        take = done if chosen is None else done & ~chosen
+        if chosen is None:
+            steps, weights, at_zero, chosen = torch.full((b,), n, device=device), g, z, done
+        else:
+            steps = torch.where(take, n, steps)
+            weights = [torch.where(take.unsqueeze(1), gi, w) for gi, w in zip(g, weights)]
+            at_zero = torch.where(take, z, at_zero)
+            chosen = chosen | done
+        if bool(chosen.all()):
+            break
+    return steps, weights, (at_zero if mean_a is not None else None)
 
 
 def _rule(method: str, n_steps: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -227,6 +278,12 @@ def _time_on(p0: torch.Tensor, m: torch.Tensor, rule: tuple | None) -> torch.Ten
         falling = root.clamp(0.0, 1.0)
         flat = (p0 > 0).to(m.dtype).expand_as(m)
         return torch.where(m > 0, rising, torch.where(m < 0, falling, flat))
+    # The "on" nodes are a half-line of alpha, so their weight is a prefix sum of the (ascending)
+    # nodes' weights up to the root -- O(log S) per channel instead of testing every node.
     a, c, _ = rule
-    on = (p0.unsqueeze(-1) + a * m.unsqueeze(-1)) > 0  # [B, F, S]: tiny, only channels x steps
-    return (on.to(m.dtype) * c).sum(dim=-1)
+    cum = torch.cat([c.new_zeros(1), c.cumsum(0)])  # [S + 1]
+    root = (-p0 / m).nan_to_num(0.0).contiguous()  # [B, F]; m == 0 is handled below
+    rising = cum[-1] - cum[torch.searchsorted(a, root, right=True)]  # m > 0: on where alpha > root
+    falling = cum[torch.searchsorted(a, root, right=False)]  # m < 0: on where alpha < root
+    flat = torch.where(p0 > 0, cum[-1], 0.0).expand_as(m)
+    return torch.where(m > 0, rising, torch.where(m < 0, falling, flat))

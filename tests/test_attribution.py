@@ -1,4 +1,6 @@
 """Layer IG: the fast engine against Captum, completeness, adaptivity and fallbacks."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -139,6 +141,20 @@ def test_adaptive_mode_raises_steps_until_relative_delta_is_under_tolerance(mode
     assert torch.allclose(adaptive.attributions[row, :width], again.attributions[0, :width], atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid"])
+def test_adaptive_steps_are_chosen_as_captums_own_deltas_would_choose_them(model, method):
+    """The fast engine picks each review's steps from [B, F] quantities before its backward pass;
+    Captum's engine reruns with doubled steps. In float64 both pick the same steps and attributions."""
+    double = SentimentCNN(model.config).double().eval()
+    double.load_state_dict(model.state_dict())
+    ids, lengths = _random_batch(8)
+    settings = IGSettings(method=method, n_steps=4, adaptive=True, rtol=1e-2, max_steps=512)
+    fast = layer_ig(double, ids, lengths, settings)
+    ref = layer_ig(double, ids, lengths, replace(settings, engine="captum"))
+    assert fast.n_steps.tolist() == ref.n_steps.tolist() and len(set(fast.n_steps.tolist())) > 1
+    assert _rel(fast.attributions, ref.attributions) < 1e-7
+
+
 def test_results_do_not_depend_on_chunking_or_batch_mates(model):
     ids, lengths = _random_batch(5)
     whole = layer_ig(model, ids, lengths, IGSettings())
@@ -180,6 +196,11 @@ def test_quadrature_rule_is_cached_and_matches_captum():
     assert quadrature("gausslegendre", 16) is quadrature("gausslegendre", 16)
     step_sizes, alpha_fn = approximation_parameters("gausslegendre")
     assert list(alphas) == list(alpha_fn(16)) and list(weights) == list(step_sizes(16))
+    # the fast engine finds a channel's "on" nodes by binary search: nodes must ascend
+    for method in ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"):
+        for n in (2, 3, 50, 1024):
+            nodes = quadrature(method, n)[0]
+            assert all(x < y for x, y in zip(nodes, nodes[1:])), (method, n)
 
 
 def test_settings_reject_unknown_engine_method_and_steps():
