@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerIntegratedGradients, TokenReferenceBase
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
-from handler.model import SentimentCNN, token_taps, window_mask, window_sums
+from handler.model import SentimentCNN, TokenTaps, token_taps, window_mask, window_sums
 
 EXACT = "exact"
 METHODS = tuple(SUPPORTED_METHODS) + (EXACT,)
@@ -87,6 +88,22 @@ def quadrature(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[floa
     """(alphas, weights) of Captum's rule, cached: Captum recomputes them at every call."""
     step_sizes, alphas = approximation_parameters(method)
     return tuple(alphas(n_steps)), tuple(step_sizes(n_steps))
+
+
+def step_counts(settings: IGSettings) -> list[int]:
+    """The step counts a review may be explained with: n_steps, then (adaptive) doubling up to max_steps."""
+    counts = [settings.n_steps]
+    while settings.adaptive and settings.method != EXACT and counts[-1] < settings.max_steps:
+        counts.append(min(2 * counts[-1], settings.max_steps))
+    return counts
+
+
+def prepare_quadrature(settings: IGSettings) -> None:
+    """Compute the rules these settings may need now, not in a request (Gauss-Legendre at 1,024
+    nodes takes ~0.3 s the first time)."""
+    if settings.method != EXACT:
+        for n in step_counts(settings):
+            quadrature(settings.method, n)
 
 
 def fast_engine_applies(model: torch.nn.Module) -> bool:
@@ -191,24 +208,24 @@ def _fast(model: SentimentCNN, ids, lengths, settings: IGSettings, n_steps: int)
         # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
         logits = logits + F.relu(taps.p0 + m) @ w_out  # [B]
         ref_logits = ref_logits + F.relu(taps.p0) @ w_out
-        convs.append((taps, w_out, rows, a, valid, m))
+        convs.append(_Windows(taps, w_out, rows, a, valid, m))
     ref_logits = ref_logits.expand_as(logits)
     steps, weights, at_zero = _choose_steps(convs, logits - ref_logits, settings, n_steps)
 
     attributions = torch.zeros(b, t, dtype=dtype, device=ids.device)  # [B, T]
-    for (taps, w_out, rows, a, valid, m), g in zip(convs, weights):
-        fs, n = taps.fs, a.shape[1]
-        winners = a == m.unsqueeze(1)  # [B, T', F]; ties split g evenly, as amax's backward
+    for w, g in zip(convs, weights):
+        fs, n = w.taps.fs, w.a.shape[1]
+        winners = w.a == w.m.unsqueeze(1)  # [B, T', F]; ties split g evenly, as amax's backward
         row, start, ch = winners.nonzero(as_tuple=True)  # [N] each; N = B*F without ties
         share = g[row, ch] / winners.sum(dim=1)[row, ch]  # [N]
         # Backward through the winning window: token t*+j gets share * (e - e0) . W[f, :, j],
         # which is the table entry already looked up in the forward pass.
-        values = taps.table[rows[row, start], ch.unsqueeze(1)] * share.unsqueeze(1)  # [N, fs]
+        values = w.taps.table[w.rows[row, start], ch.unsqueeze(1)] * share.unsqueeze(1)  # [N, fs]
         tokens = (row * t + start).unsqueeze(1) + torch.arange(fs, device=ids.device)  # [N, fs] flat [B, T] index
         attributions.view(-1).index_add_(0, tokens.flatten(), values.flatten())
         if at_zero is not None:  # at alpha = 0 every valid window ties (all equal p0): amax splits evenly
-            per_token = (taps.table @ ((taps.p0 > 0).to(dtype) * w_out)).view(fs, -1)  # [fs, V]
-            even = at_zero.unsqueeze(1) * valid / valid.sum(dim=1, keepdim=True)  # [B, T']
+            per_token = (w.taps.table @ w.gradient_at_zero()).view(fs, -1)  # [fs, V]
+            even = at_zero.unsqueeze(1) * w.valid / w.valid.sum(dim=1, keepdim=True)  # [B, T']
             for j in range(fs):
                 attributions[:, j : j + n] += even * per_token[j][ids[:, j : j + n]]
     delta = attributions.sum(dim=1) - (logits - ref_logits)
@@ -227,36 +244,48 @@ def _choose_steps(convs: list, gap: torch.Tensor, settings: IGSettings, n_steps:
     b = gap.shape[0]
     device, dtype = gap.device, gap.dtype
     if settings.method == EXACT:
-        return (torch.zeros(b, dtype=torch.long, device=device),
-                [_time_on(taps.p0, m, None) * w_out for taps, w_out, _, _, _, m in convs], None)
-    candidates = [n_steps]
-    while settings.adaptive and candidates[-1] < settings.max_steps:
-        candidates.append(min(2 * candidates[-1], settings.max_steps))
-    mean_a = None
+        return torch.zeros(b, dtype=torch.long, device=device), [_time_on(w.taps.p0, w.m, None) * w.w_out for w in convs], None
+    candidates = step_counts(replace(settings, n_steps=n_steps))
+    zero_sums = None  # [B] per unit of the alpha = 0 weight: the attributions it adds, summed
     if _rule(settings.method, n_steps, dtype, device)[2]:  # the rule has a node at alpha = 0
-        mean_a = [torch.where(valid.unsqueeze(2), a, 0.0).sum(dim=1) / valid.sum(dim=1, keepdim=True)
-                  for _, _, _, a, valid, _ in convs]  # [B, F] each
+        zero_sums = sum((torch.where(w.valid.unsqueeze(2), w.a, 0.0).sum(dim=1) / w.valid.sum(dim=1, keepdim=True)
+                         * w.gradient_at_zero()).sum(dim=1) for w in convs)
     chosen = steps = weights = at_zero = None
     for k, n in enumerate(candidates):
         rule = _rule(settings.method, n, dtype, device)
-        g = [_time_on(taps.p0, m, rule) * w_out for taps, w_out, _, _, _, m in convs]  # [B, F] each
+        g = [_time_on(w.taps.p0, w.m, rule) * w.w_out for w in convs]  # [B, F] each
         z = torch.full((b,), rule[2], dtype=dtype, device=device)
-        total = sum((gi * c[5]).sum(dim=1) for gi, c in zip(g, convs))  # [B] sum of the attributions
-        if mean_a is not None:
-            total = total + z * sum((((c[0].p0 > 0).to(dtype) * c[1]) * ma).sum(dim=1) for c, ma in zip(convs, mean_a))
+        total = sum((gi * w.m).sum(dim=1) for gi, w in zip(g, convs))  # [B] sum of the attributions
+        if zero_sums is not None:
+            total = total + z * zero_sums
         delta = (total - gap).abs()
         done = (delta <= settings.rtol * gap.abs()) | (delta <= 1e-6) | torch.tensor(k == len(candidates) - 1, device=device)
-        take = done if chosen is None else done & ~chosen
         if chosen is None:
             steps, weights, at_zero, chosen = torch.full((b,), n, device=device), g, z, done
         else:
+            take = done & ~chosen
             steps = torch.where(take, n, steps)
-            weights = [torch.where(take.unsqueeze(1), gi, w) for gi, w in zip(g, weights)]
+            weights = [torch.where(take.unsqueeze(1), gi, wi) for gi, wi in zip(g, weights)]
             at_zero = torch.where(take, z, at_zero)
             chosen = chosen | done
         if bool(chosen.all()):
             break
-    return steps, weights, (at_zero if mean_a is not None else None)
+    return steps, weights, (at_zero if zero_sums is not None else None)
+
+
+class _Windows(NamedTuple):
+    """One filter size's first-pass results, kept for the backward pass."""
+    taps: TokenTaps
+    w_out: torch.Tensor  # [F] its slice of the linear layer
+    rows: torch.Tensor  # [B, T', fs] table rows of each window
+    a: torch.Tensor  # [B, T', F] pre-activations minus p0; -inf past a review's length
+    valid: torch.Tensor  # [B, T'] bool
+    m: torch.Tensor  # [B, F] max over time
+
+    def gradient_at_zero(self) -> torch.Tensor:
+        """[F] the gradient of each channel's max at alpha = 0 (per unit of node weight), spread
+        evenly over the windows, which all tie there: w_out where ReLU(p0) is on."""
+        return (self.taps.p0 > 0).to(self.w_out.dtype) * self.w_out
 
 
 def _rule(method: str, n_steps: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:

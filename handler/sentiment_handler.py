@@ -25,7 +25,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler import payload
-from handler.attribution import IGSettings, fast_engine_applies, layer_ig
+from handler.attribution import IGSettings, fast_engine_applies, layer_ig, prepare_quadrature
 from handler.model import load_model, predict_logits, token_taps
 from handler.text import Vocab, encode, tokenize
 
@@ -70,7 +70,8 @@ class SentimentHandler(BaseHandler):
         metrics_file = self.model_dir / "metrics.json"  # the shipped model's own record, for describe
         shipped = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         self.shipped = {k: shipped.get(k) for k in ("test_accuracy", "val_accuracy", "n_test", "data_sha256")}
-        # Predictions and the fast engine run on the model's tap tables: built now, not in a request.
+        prepare_quadrature(self.ig)  # the rules adaptive steps may reach, computed now, not in a request
+        # Predictions and the fast engine run on the model's tap tables: built now too.
         self.forward = self.model
         if fast_engine_applies(self.model):
             token_taps(self.model)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import SHIPPED
-from handler.attribution import IGSettings, layer_ig, quadrature
+from handler.attribution import IGSettings, layer_ig, prepare_quadrature, quadrature, step_counts
 from handler.model import ModelConfig, SentimentCNN, load_model
 from handler.text import Vocab, encode, tokenize
 
@@ -201,6 +201,17 @@ def test_quadrature_rule_is_cached_and_matches_captum():
         for n in (2, 3, 50, 1024):
             nodes = quadrature(method, n)[0]
             assert all(x < y for x, y in zip(nodes, nodes[1:])), (method, n)
+
+
+def test_adaptive_step_counts_double_up_to_the_maximum_and_are_prepared_ahead():
+    settings = IGSettings(method="riemann_middle", n_steps=48, adaptive=True, max_steps=300)
+    assert step_counts(settings) == [48, 96, 192, 300]
+    assert step_counts(replace(settings, adaptive=False)) == [48]
+    prepare_quadrature(settings)
+    hits = quadrature.cache_info().hits
+    for n in (48, 96, 192, 300):
+        quadrature("riemann_middle", n)
+    assert quadrature.cache_info().hits == hits + 4
 
 
 def test_settings_reject_unknown_engine_method_and_steps():
