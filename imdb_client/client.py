@@ -343,8 +343,9 @@ def explain_in_process(reviews: list[Review], model_dir: Path, explain: bool = T
     return answer_locally(handler, context, reviews, explain)
 
 
-def local_handler(model_dir: Path, model_config: Path | None = None, batch_size: int = 8):
-    """(SentimentHandler, ts Context) initialised as a TorchServe worker would, with batchSize ``batch_size``."""
+def local_handler(model_dir: Path, model_config: Path | None = None, batch_size: int = 8, gpu_id: int | None = None):
+    """(SentimentHandler, ts Context) initialised as a TorchServe worker would, with batchSize
+    ``batch_size``, on GPU ``gpu_id`` (None: the CPU)."""
     import yaml
     from ts.context import Context
 
@@ -352,7 +353,7 @@ def local_handler(model_dir: Path, model_config: Path | None = None, batch_size:
 
     config_path = model_config or Path(__file__).resolve().parent.parent / "model-config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-    context = Context(MODEL, str(model_dir), {"model": {"modelName": MODEL}}, batch_size, None, "0.12.0",
+    context = Context(MODEL, str(model_dir), {"model": {"modelName": MODEL}}, batch_size, gpu_id, "0.12.0",
                       metrics=None, model_yaml_config=config)
     handler = SentimentHandler()
     handler.initialize(context)

@@ -2,7 +2,7 @@
                                [--captum-batch-size B] [--fast-batch-sizes B ...] [--tutorial-n 16] [--steps 50]
                                [--chunk-elements N] [--repeat R] [--threads T] [--no-serve | --serve-only]
                                [--requests 256] [--serve-batch 1 8] [--max-batch-delay 10] [--concurrency 1 8 32]
-                               [--worker-threads T] [--artifacts model_store/artifacts] [--data PATH]
+                               [--worker-threads T] [--workers N ...] [--artifacts model_store/artifacts] [--data PATH]
                                [--seed 0] [--out bench_results/bench-<device>.json]
 
 Benchmark Layer-IG explanations (issue 5): the tutorial's way vs batched Captum vs this project's engine.
@@ -29,6 +29,9 @@ fast engine at --steps (default 50, gausslegendre), the configuration compared a
 
 ``--device cuda``: in-process only, float32 with TF32 off, CUDA synchronised around every timed
 call, the fast engine at 64..4096 reviews per call; defaults to 256-token reviews.
+
+``--workers 1 4 8``: N processes each running the real handler on the device (as N TorchServe
+workers would), explaining KServe v1 batches of 32 requests x 64 reviews; aggregate reviews/s.
 """
 from __future__ import annotations
 
@@ -367,6 +370,51 @@ def handler_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], n_r
     return rows
 
 
+def workers_bench(artifacts: Path, texts: list[str], counts: list[int], gpu_id: int | None,
+                  requests: int = 32, per_request: int = 64, calls: int = 4) -> list[dict]:
+    """N copies of the real handler in N processes, as TorchServe runs N workers, all on one device:
+    each explains ``calls`` batches of ``requests`` KServe v1 requests x ``per_request`` reviews,
+    starting together. The served explain path end to end (decode, spaCy, engine, answers)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # CUDA does not survive fork
+    rows = []
+    for n in counts:
+        barrier, results = ctx.Barrier(n + 1), ctx.Queue()
+        procs = [ctx.Process(target=_explain_worker, args=(str(artifacts), texts[i:] + texts[:i], gpu_id, requests,
+                                                           per_request, calls, barrier, results)) for i in range(n)]
+        for p in procs:
+            p.start()
+        barrier.wait(timeout=600)  # every worker loaded and warmed up
+        elapsed = [results.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join()
+        reviews = n * calls * requests * per_request
+        rows.append({"workers": n, "reviews": reviews, "per_s": reviews / max(elapsed), "gpu_id": gpu_id})
+        print(f"  {n:2d} handler workers on {'cuda:%d' % gpu_id if gpu_id is not None else 'cpu'}: "
+              f"{rows[-1]['per_s']:10,.0f} explanations/s", flush=True)
+    return rows
+
+
+def _explain_worker(artifacts, texts, gpu_id, requests, per_request, calls, barrier, results) -> None:
+    from ts.context import RequestProcessor
+
+    from imdb_client.client import local_handler
+
+    handler, context = local_handler(Path(artifacts), batch_size=requests, gpu_id=gpu_id)
+    body = [{"body": json.dumps({"instances": [{"text": t} for t in texts[i * per_request:(i + 1) * per_request]]}).encode()}
+            for i in range(requests)]
+    context.request_processor = [RequestProcessor({"explain": "True"}) for _ in body]
+    context.request_ids = {i: str(i) for i in range(requests)}
+    handler.handle(body, context)  # warm-up
+    barrier.wait(timeout=600)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        out = handler.handle(body, context)
+    assert all(len(o["explanations"]) == per_request for o in out), str(out[0])[:300]
+    results.put(time.perf_counter() - t0)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -435,7 +483,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fast engine chunk size in floats (default: model-config.yaml's chunk_elements, gpu_chunk_elements on cuda)")
     p.add_argument("--repeat", type=int, default=None, help="timed passes of the fast cases (default 1 cpu, 3 cuda)")
     p.add_argument("--no-serve", action="store_true", help="skip the TorchServe part")
-    p.add_argument("--serve-only", action="store_true", help="skip the in-process part (TorchServe only)")
+    p.add_argument("--serve-only", action="store_true", help="skip the in-process comparison (TorchServe, --workers)")
     p.add_argument("--threads", type=int, default=0, help="torch threads in-process (0: torch's default)")
     p.add_argument("--requests", type=int, default=256, help="requests per (endpoint, concurrency) through TorchServe")
     p.add_argument("--serve-batch", type=int, nargs="+", default=[1, 8], help="batchSize variants of the .mar")
@@ -443,6 +491,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--worker-threads", type=int, default=None,
                    help="torch threads of the TorchServe worker (default: as model-config.yaml says; 0: torch's default)")
+    p.add_argument("--workers", type=int, nargs="*", default=[],
+                   help="also run N handler processes on the device, explaining KServe batches (e.g. 1 4 8 16)")
     p.add_argument("--artifacts", default=str(REPO / "model_store" / "artifacts"))
     p.add_argument("--data", default=None, help="IMDB tarball or folder (default: scripts/imdb_data.py lookup)")
     p.add_argument("--seed", type=int, default=0)
@@ -552,6 +602,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(serve_table(serve_rows))
         handler_rows = handler_bench(artifacts, texts, a.serve_batch, a.requests)
 
+    worker_rows = []
+    if a.workers:
+        print("\n## Handler workers sharing the device (explain, KServe v1 batches of 32 x 64 reviews)", flush=True)
+        gpu_id = torch.device(a.device).index or 0 if a.device.startswith("cuda") else None
+        worker_rows = workers_bench(artifacts, texts, a.workers, gpu_id)
+
     report = {
         "command": "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine,
@@ -562,6 +618,7 @@ def main(argv: list[str] | None = None) -> dict:
         "summary": summary,
         "serve": serve_rows,
         "handler_in_process": handler_rows,
+        "handler_workers": worker_rows,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # usage: scripts/gpu_check.sh prepare   # here, with the venv and network: wheels + reviews into .whl/
 #        scripts/gpu_check.sh run       # on a lent GPU machine, in ONE call (python 3.12, torch CUDA, no network)
+#        scripts/gpu_check.sh workers   # there too: N handler processes sharing the GPU (WORKERS="1 4 8 15")
 #
 # The GPU machine has Python 3.12 and a CUDA torch but no Java, captum, spaCy or TorchServe, and no
 # network. `prepare` therefore downloads, here, cp312 manylinux wheels of exactly the distributions
@@ -108,13 +109,23 @@ os.replace(tmp, path)
 EOF
 }
 
-run() {
+install() {
     [ -d "$WHL" ] || { echo "no $WHL/: run 'scripts/gpu_check.sh prepare' first and carry .whl" >&2; exit 2; }
     "$PY" -m pip install -q --no-index --no-deps --target /tmp/site "$WHL"/*.whl
     export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
     out=${OUT:-bench_results}
     mkdir -p "$out"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+}
+
+workers() {  # N handler processes sharing the GPU, as N TorchServe workers would
+    install
+    "$PY" scripts/bench.py --device cuda --serve-only --workers ${WORKERS:-1 4 8 15} --data "$REVIEWS" \
+        --n 2048 --out "$out/bench-cuda-workers.json"
+}
+
+run() {
+    install
     "$PY" - "$REVIEWS" <<'EOF'
 """The real handler, in-process, on cuda:0 and on the CPU: same answers within 1e-5 relative."""
 import json, sys
@@ -216,5 +227,6 @@ EOF
 case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
-    *) sed -n '2,3p' "$0" >&2; exit 2 ;;
+    workers) workers ;;
+    *) sed -n '2,4p' "$0" >&2; exit 2 ;;
 esac
