@@ -7,6 +7,10 @@ One deliberate addition to the tutorial: ``forward`` takes the per-review length
 reach past a review's own (min_len-padded) length are excluded from the max-pool, so a review gives
 the same logit whether it is scored alone or padded to the longest review of a batch. Without it,
 ReLU(bias) of all-padding windows could win the max-pool and batching would change answers.
+
+Serving evaluates the same network through per-token tables (``token_taps``, ``predict_logits``):
+no convolution at inference. ``forward`` stays the tutorial's computation, for training, for
+Captum, and as the reference the tables are tested against.
 """
 from __future__ import annotations
 
