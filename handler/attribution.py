@@ -197,13 +197,10 @@ def _fast(model: SentimentCNN, ids, lengths, settings: IGSettings, n_steps: int)
     dtype = model.fc.weight.dtype
     w_fc = model.fc.weight[0].split(model.config.n_filters)  # len(fs) x [F]
     logits = ref_logits = model.fc.bias[0]
-    shortest = int(lengths.min())
     convs = []
     for taps, w_out in zip(token_taps(model), w_fc):
-        rows, a = window_sums(taps, ids)  # [B, T', fs] table rows per window, [B, T', F] A = conv(e - e0)
+        rows, a = window_sums(taps, ids, lengths)  # [B, T', fs] table rows per window, [B, T', F] A = conv(e - e0)
         valid = window_mask(lengths, taps.fs, a.shape[1])  # [B, T']
-        tail = max(shortest - taps.fs + 1, 0)  # windows before this one are valid in every row
-        a[:, tail:].masked_fill_(~valid[:, tail:, None], float("-inf"))
         m = a.amax(dim=1)  # [B, F]
         # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
         logits = logits + F.relu(taps.p0 + m) @ w_out  # [B]

@@ -14,6 +14,7 @@ Captum, and as the reference the tables are tested against.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import weakref
 from dataclasses import asdict, dataclass
@@ -131,12 +132,17 @@ def token_taps(model: SentimentCNN) -> list[TokenTaps]:
     return taps
 
 
-def window_sums(taps: TokenTaps, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [B, T] -> (table rows [B, T', fs], pre-activations minus p0 [B, T', F]), T' = T - fs + 1."""
+def window_sums(taps: TokenTaps, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [B, T] -> (table rows [B, T', fs], pre-activations minus p0 [B, T', F]), T' = T - fs + 1;
+    windows that reach past a row's length are -inf, so they never win a max-pool."""
     b, t = ids.shape
     vocab = taps.table.shape[0] // taps.fs
     rows = ids.unfold(1, taps.fs, 1) + torch.arange(taps.fs, device=ids.device) * vocab  # [B, T', fs]
-    return rows, F.embedding_bag(rows.reshape(-1, taps.fs), taps.table, mode="sum").view(b, rows.shape[1], -1)
+    a = F.embedding_bag(rows.reshape(-1, taps.fs), taps.table, mode="sum").view(b, rows.shape[1], -1)
+    tail = max(int(lengths.min()) - taps.fs + 1, 0)  # windows before this one are valid in every row
+    if tail < a.shape[1]:
+        a[:, tail:].masked_fill_(~window_mask(lengths, taps.fs, a.shape[1])[:, tail:, None], float("-inf"))
+    return rows, a
 
 
 @torch.no_grad()
@@ -144,11 +150,25 @@ def predict_logits(model: SentimentCNN, ids: torch.Tensor, lengths: torch.Tensor
     """ids [B, T] -> logits [B] as ``model(ids, lengths)`` in eval mode, through the tap tables.
 
     ReLU is monotonic and p0 is the same for every window, so max_t ReLU(p0 + A_t) = ReLU(p0 + max_t A_t).
+    Rows go in groups of lengths at most 2x apart, each padded only to its own longest: IMDB
+    reviews run from a few tokens to 512, and padding all to the longest tripled the work.
     """
+    order = torch.argsort(lengths)
+    sorted_lengths = lengths[order].tolist()  # one device sync
+    logits = torch.empty(len(sorted_lengths), dtype=model.fc.weight.dtype, device=ids.device)
+    start = 0
+    while start < len(sorted_lengths):
+        end = bisect.bisect_right(sorted_lengths, 2 * sorted_lengths[start], lo=start)
+        rows = order[start:end]
+        logits[rows] = _logits(model, ids[rows, : sorted_lengths[end - 1]], lengths[rows])
+        start = end
+    return logits
+
+
+def _logits(model: SentimentCNN, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     logits = model.fc.bias[0]
     for taps, w_out in zip(token_taps(model), model.fc.weight[0].split(model.config.n_filters)):
-        _, a = window_sums(taps, ids)  # [B, T', F]
-        a = a.masked_fill(~window_mask(lengths, taps.fs, a.shape[1]).unsqueeze(2), float("-inf"))
+        _, a = window_sums(taps, ids, lengths)  # [B, T', F]
         logits = logits + F.relu(taps.p0 + a.amax(dim=1)) @ w_out  # [B]
     return logits
 
