@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # usage: scripts/gpu_check.sh prepare   # here, with the venv and network: wheels + reviews into .whl/
 #        scripts/gpu_check.sh run       # on a lent GPU machine, in ONE call (python 3.12, torch CUDA, no network)
+#        scripts/gpu_check.sh check     # there too: only the handler on GPU vs CPU (step 1 of run)
 #        scripts/gpu_check.sh workers   # there too: N handler processes sharing the GPU (WORKERS="1 4 8 15")
 #
 # The GPU machine has Python 3.12 and a CUDA torch but no Java, captum, spaCy or TorchServe, and no
@@ -125,6 +126,11 @@ workers() {  # N handler processes sharing the GPU, as N TorchServe workers woul
 }
 
 run() {
+    check
+    bench
+}
+
+check() {
     install
     "$PY" - "$REVIEWS" <<'EOF'
 """The real handler, in-process, on cuda:0 and on the CPU: same answers within 1e-5 relative."""
@@ -163,6 +169,9 @@ for explain in (False, True):
 print(f"GPU vs CPU worst relative difference (logits, attributions): {worst:.2e}")
 assert worst <= 1e-5, f"GPU results differ from CPU by {worst:.2e} > 1e-5"
 EOF
+}
+
+bench() {
     "$PY" scripts/bench.py --device cuda --data "$REVIEWS" --n "$N_REVIEWS" --out "$out/bench-cuda.json"
     "$PY" - "$REVIEWS" <<'EOF'
 """Where the GPU time goes in the served configuration (exact): reviews per call, chunk budget,
@@ -227,6 +236,7 @@ EOF
 case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
+    check) check ;;
     workers) workers ;;
-    *) sed -n '2,4p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,5p' "$0" >&2; exit 2 ;;
 esac
