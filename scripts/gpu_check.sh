@@ -140,7 +140,8 @@ from ts.context import Context, RequestProcessor
 from handler.sentiment_handler import SentimentHandler
 
 assert torch.cuda.is_available(), "no CUDA device"
-texts = [line.split("\t", 1)[1] for line in open(sys.argv[1], encoding="utf-8")][:16]
+texts = [line.split("\t", 1)[1] for line in open(sys.argv[1], encoding="utf-8")][:12]
+texts += ["A fine film.", "Dull.", "It was a fantastic performance !", "terrible , just terrible"]  # 7..300 tokens
 cfg = yaml.safe_load(open("model-config.yaml"))
 
 def answers(gpu, explain):
