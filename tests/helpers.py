@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 SHIPPED = REPO / "model_store" / "artifacts"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(SCRIPTS))  # the scripts import as modules (train, bench, serve, ...)
 
 from handler.model import ModelConfig, SentimentCNN, save_artifacts  # noqa: E402
 from handler.text import Vocab, tokenize  # noqa: E402

@@ -30,18 +30,12 @@ sys.path.insert(0, str(SCRIPTS))
 
 import build_mar  # noqa: E402
 import serve  # noqa: E402
+from train import TUTORIAL_SENTENCES  # noqa: E402
 
 MODEL = "imdb_sentiment"
 TOL = 1e-5
 # The Captum IMDB tutorial's sentences and the labels its model gives them.
-TUTORIAL = {
-    "It was a fantastic performance !": "pos",
-    "Best film ever": "pos",
-    "Such a great show!": "pos",
-    "It was a horrible movie": "neg",
-    "I've never watched something as bad": "neg",
-    "That is a terrible movie.": "neg",
-}
+TUTORIAL = dict(TUTORIAL_SENTENCES)
 REVIEWS = {
     "This movie was absolutely wonderful. The acting was superb and the story kept me engaged "
     "from start to finish. Highly recommended!": "pos",

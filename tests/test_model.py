@@ -7,15 +7,9 @@ import torch
 from helpers import SHIPPED, tiny_artifacts
 from handler.model import WEIGHTS_FILE, ModelConfig, SentimentCNN, load_model, predict_logits, token_taps
 from handler.text import Vocab, encode, tokenize
+from train import TUTORIAL_SENTENCES
 
-TUTORIAL = [
-    ("It was a fantastic performance !", "pos"),
-    ("Best film ever", "pos"),
-    ("Such a great show!", "pos"),
-    ("It was a horrible movie", "neg"),
-    ("I've never watched something as bad", "neg"),
-    ("That is a terrible movie.", "neg"),
-]
+TUTORIAL = TUTORIAL_SENTENCES  # the Captum tutorial's sentences and labels, as training reports them
 
 
 def test_forward_gives_one_logit_per_review():
