@@ -29,8 +29,8 @@
 #   2. runs `scripts/bench.py --device cuda` (TF32 off, synchronised timing, 64..1024 reviews per
 #      call) and prints its table; JSON goes to $OUT (the run tool brings it back) or bench_results/;
 #   3. times the served configuration (exact) at 1,024..4,096 reviews per call and chunk budgets,
-#      with peak GPU memory and a CUDA profile, and the whole handler (tokenizing included) on
-#      32 KServe v1 requests of 64 reviews each.
+#      with peak GPU memory and a CUDA profile.
+# `workers` runs the whole handler (spaCy included) in 1..N processes sharing the GPU.
 # Device call, e.g.: run(command="scripts/gpu_check.sh run", carry=[".whl"], timeout_s=540)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -134,25 +134,18 @@ check() {
     install
     "$PY" - "$REVIEWS" <<'EOF'
 """The real handler, in-process, on cuda:0 and on the CPU: same answers within 1e-5 relative."""
-import json, sys
-import torch, yaml
-from ts.context import Context, RequestProcessor
-from handler.sentiment_handler import SentimentHandler
+import sys
+from pathlib import Path
+import torch
+from imdb_client.client import Review, answer_locally, local_handler
 
 assert torch.cuda.is_available(), "no CUDA device"
 texts = [line.split("\t", 1)[1] for line in open(sys.argv[1], encoding="utf-8")][:12]
 texts += ["A fine film.", "Dull.", "It was a fantastic performance !", "terrible , just terrible"]  # 7..300 tokens
-cfg = yaml.safe_load(open("model-config.yaml"))
 
 def answers(gpu, explain):
-    ctx = Context("imdb_sentiment", "model_store/artifacts", {"model": {"modelName": "imdb_sentiment"}},
-                  len(texts), gpu, "0.12.0", model_yaml_config=cfg)
-    h = SentimentHandler()
-    h.initialize(ctx)
-    ctx.request_processor = [RequestProcessor({"explain": "True" if explain else "False"}) for _ in texts]
-    ctx.request_ids = {i: str(i) for i in range(len(texts))}
-    out = h.handle([{"body": json.dumps({"text": t}).encode()} for t in texts], ctx)
-    return str(h.device), out
+    h, ctx = local_handler(Path("model_store/artifacts"), batch_size=len(texts), gpu_id=gpu)
+    return str(h.device), answer_locally(h, ctx, [Review(t) for t in texts], explain)
 
 worst = 0.0
 for explain in (False, True):
@@ -176,14 +169,12 @@ bench() {
     "$PY" scripts/bench.py --device cuda --data "$REVIEWS" --n "$N_REVIEWS" --out "$out/bench-cuda.json"
     "$PY" - "$REVIEWS" <<'EOF'
 """Where the GPU time goes in the served configuration (exact): reviews per call, chunk budget,
-peak GPU memory, a CUDA profile, and the whole handler (tokenizing included) on KServe v1 batches."""
-import json, sys, time
-import torch, yaml
+peak GPU memory and a CUDA profile. (The whole handler, spaCy included: `gpu_check.sh workers`.)"""
+import sys, time
+import torch
 from torch.profiler import ProfilerActivity, profile
-from ts.context import Context, RequestProcessor
 from handler.attribution import IGSettings, layer_ig
 from handler.model import load_model
-from handler.sentiment_handler import SentimentHandler
 from handler.text import Vocab, encode, tokenize
 
 torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -212,25 +203,6 @@ with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     torch.cuda.synchronize()
 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
 
-# The served path end to end: 32 KServe v1 requests of 64 reviews = one 2,048-review batch.
-cfg = yaml.safe_load(open("model-config.yaml"))
-ctx = Context("imdb_sentiment", "model_store/artifacts", {"model": {"modelName": "imdb_sentiment"}}, 32, 0,
-              "0.12.0", model_yaml_config=cfg)
-h = SentimentHandler()
-h.initialize(ctx)
-ctx.request_processor = [RequestProcessor({"explain": "True"}) for _ in range(32)]
-ctx.request_ids = {i: str(i) for i in range(32)}
-rows = [{"body": json.dumps({"instances": [{"text": t} for t in texts[64 * i : 64 * (i + 1)]]}).encode()} for i in range(32)]
-h.handle(rows, ctx)
-t0 = time.perf_counter()
-for _ in range(3):
-    out = h.handle(rows, ctx)
-handler_rate = 3 * 2048 / (time.perf_counter() - t0)
-assert all(len(o["predictions"] if "predictions" in o else o["explanations"]) == 64 for o in out), str(out[0])[:300]
-t0 = time.perf_counter()
-tokenize(texts[:2048])
-print(f"handler in-process on {h.device}, 32 KServe v1 requests x 64 reviews per batch, explain: {handler_rate:,.0f} "
-      f"reviews/s; spaCy tokenizing alone (one CPU thread): {2048 / (time.perf_counter() - t0):,.0f} reviews/s")
 EOF
 }
 
