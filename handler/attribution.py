@@ -197,9 +197,10 @@ def _fast(model: SentimentCNN, ids, lengths, settings: IGSettings, n_steps: int)
     dtype = model.fc.weight.dtype
     w_fc = model.fc.weight[0].split(model.config.n_filters)  # len(fs) x [F]
     logits = ref_logits = model.fc.bias[0]
+    shortest = int(lengths.min())
     convs = []
     for taps, w_out in zip(token_taps(model), w_fc):
-        rows, a = window_sums(taps, ids, lengths)  # [B, T', fs] table rows per window, [B, T', F] A = conv(e - e0)
+        rows, a = window_sums(taps, ids, lengths, shortest)  # [B, T', fs] table rows per window, [B, T', F] A = conv(e - e0)
         valid = window_mask(lengths, taps.fs, a.shape[1])  # [B, T']
         m = a.amax(dim=1)  # [B, F]
         # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
@@ -243,20 +244,20 @@ def _choose_steps(convs: list, gap: torch.Tensor, settings: IGSettings, n_steps:
     if settings.method == EXACT:
         return torch.zeros(b, dtype=torch.long, device=device), [_time_on(w.taps.p0, w.m, None) * w.w_out for w in convs], None
     candidates = step_counts(replace(settings, n_steps=n_steps))
+    rules = [_rule(settings.method, n, dtype, device) for n in candidates]
     zero_sums = None  # [B] per unit of the alpha = 0 weight: the attributions it adds, summed
-    if _rule(settings.method, n_steps, dtype, device)[2]:  # the rule has a node at alpha = 0
+    if rules[0][2]:  # the rule has a node at alpha = 0
         zero_sums = sum((torch.where(w.valid.unsqueeze(2), w.a, 0.0).sum(dim=1) / w.valid.sum(dim=1, keepdim=True)
                          * w.gradient_at_zero()).sum(dim=1) for w in convs)
     chosen = steps = weights = at_zero = None
-    for k, n in enumerate(candidates):
-        rule = _rule(settings.method, n, dtype, device)
+    for k, (n, rule) in enumerate(zip(candidates, rules)):
         g = [_time_on(w.taps.p0, w.m, rule) * w.w_out for w in convs]  # [B, F] each
         z = torch.full((b,), rule[2], dtype=dtype, device=device)
         total = sum((gi * w.m).sum(dim=1) for gi, w in zip(g, convs))  # [B] sum of the attributions
         if zero_sums is not None:
             total = total + z * zero_sums
         delta = (total - gap).abs()
-        done = (delta <= settings.rtol * gap.abs()) | (delta <= 1e-6) | torch.tensor(k == len(candidates) - 1, device=device)
+        done = (delta <= settings.rtol * gap.abs()) | (delta <= 1e-6) | (k == len(candidates) - 1)
         if chosen is None:
             steps, weights, at_zero, chosen = torch.full((b,), n, device=device), g, z, done
         else:
@@ -285,14 +286,18 @@ class _Windows(NamedTuple):
         return (self.taps.p0 > 0).to(self.w_out.dtype) * self.w_out
 
 
+@lru_cache(maxsize=64)
 def _rule(method: str, n_steps: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Captum's nodes [S] and weights [S] as tensors, the weight of a node at alpha = 0 set apart
-    (there all windows tie, which the caller handles), and that weight (0.0 if no such node)."""
+    """Captum's nodes [S] as a tensor, the prefix sums [S + 1] of their weights with the weight of a
+    node at alpha = 0 set apart (there all windows tie, which the caller handles), and that weight
+    (0.0 if no such node). Cached like ``quadrature``: the tensors are only read, and on a GPU each
+    would be a copy per call."""
     alphas, weights = quadrature(method, n_steps)
     a = torch.tensor(alphas, dtype=dtype, device=device)
     c = torch.tensor(weights, dtype=dtype, device=device)
     at_zero = float(weights[0]) if alphas[0] == 0.0 else 0.0
-    return a, torch.where(a > 0, c, torch.zeros_like(c)), at_zero
+    c = torch.where(a > 0, c, torch.zeros_like(c))
+    return a, torch.cat([c.new_zeros(1), c.cumsum(0)]), at_zero
 
 
 def _time_on(p0: torch.Tensor, m: torch.Tensor, rule: tuple | None) -> torch.Tensor:
@@ -306,8 +311,7 @@ def _time_on(p0: torch.Tensor, m: torch.Tensor, rule: tuple | None) -> torch.Ten
         return torch.where(m > 0, rising, torch.where(m < 0, falling, flat))
     # The "on" nodes are a half-line of alpha, so their weight is a prefix sum of the (ascending)
     # nodes' weights up to the root -- O(log S) per channel instead of testing every node.
-    a, c, _ = rule
-    cum = torch.cat([c.new_zeros(1), c.cumsum(0)])  # [S + 1]
+    a, cum, _ = rule  # [S], [S + 1]
     root = (-p0 / m).nan_to_num(0.0).contiguous()  # [B, F]; m == 0 is handled below
     rising = cum[-1] - cum[torch.searchsorted(a, root, right=True)]  # m > 0: on where alpha > root
     falling = cum[torch.searchsorted(a, root, right=False)]  # m < 0: on where alpha < root

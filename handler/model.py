@@ -132,14 +132,15 @@ def token_taps(model: SentimentCNN) -> list[TokenTaps]:
     return taps
 
 
-def window_sums(taps: TokenTaps, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def window_sums(taps: TokenTaps, ids: torch.Tensor, lengths: torch.Tensor, shortest: int) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [B, T] -> (table rows [B, T', fs], pre-activations minus p0 [B, T', F]), T' = T - fs + 1;
-    windows that reach past a row's length are -inf, so they never win a max-pool."""
+    windows that reach past a row's length are -inf, so they never win a max-pool. ``shortest`` is
+    min(lengths), known to the caller (read once, not with a device sync per filter size)."""
     b, t = ids.shape
     vocab = taps.table.shape[0] // taps.fs
     rows = ids.unfold(1, taps.fs, 1) + torch.arange(taps.fs, device=ids.device) * vocab  # [B, T', fs]
     a = F.embedding_bag(rows.reshape(-1, taps.fs), taps.table, mode="sum").view(b, rows.shape[1], -1)
-    tail = max(int(lengths.min()) - taps.fs + 1, 0)  # windows before this one are valid in every row
+    tail = max(shortest - taps.fs + 1, 0)  # windows before this one are valid in every row
     if tail < a.shape[1]:
         a[:, tail:].masked_fill_(~window_mask(lengths, taps.fs, a.shape[1])[:, tail:, None], float("-inf"))
     return rows, a
@@ -160,15 +161,15 @@ def predict_logits(model: SentimentCNN, ids: torch.Tensor, lengths: torch.Tensor
     while start < len(sorted_lengths):
         end = bisect.bisect_right(sorted_lengths, 2 * sorted_lengths[start], lo=start)
         rows = order[start:end]
-        logits[rows] = _logits(model, ids[rows, : sorted_lengths[end - 1]], lengths[rows])
+        logits[rows] = _logits(model, ids[rows, : sorted_lengths[end - 1]], lengths[rows], sorted_lengths[start])
         start = end
     return logits
 
 
-def _logits(model: SentimentCNN, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def _logits(model: SentimentCNN, ids: torch.Tensor, lengths: torch.Tensor, shortest: int) -> torch.Tensor:
     logits = model.fc.bias[0]
     for taps, w_out in zip(token_taps(model), model.fc.weight[0].split(model.config.n_filters)):
-        _, a = window_sums(taps, ids, lengths)  # [B, T', F]
+        _, a = window_sums(taps, ids, lengths, shortest)  # [B, T', F]
         logits = logits + F.relu(taps.p0 + a.amax(dim=1)) @ w_out  # [B]
     return logits
 
