@@ -1,11 +1,11 @@
-# usage: make serve | make test | make stop | make train | make evaluate | make mar | make bench [QUICK=1]
+# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar | make bench [QUICK=1]
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARTIFACTS ?= model_store/artifacts
 MAR := model_store/imdb_sentiment.mar
 
-.PHONY: install mar serve stop status test train evaluate bench clean
+.PHONY: install mar serve stop status test lint train evaluate bench clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ stop:
 
 status:
 	$(PY) scripts/serve.py status
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: install
 	$(PY) -m pytest -q tests

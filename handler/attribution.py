@@ -21,6 +21,7 @@ are ever materialised; the cost is one pass over the windows whatever the steps.
 backward products come from per-token tables (``model.token_taps``), so no convolution runs at all.
 Ties (identical windows) share the gradient equally, as ``amax``'s backward does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -113,7 +114,9 @@ def fast_engine_applies(model: torch.nn.Module) -> bool:
 def layer_ig(model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor, settings: IGSettings) -> Attribution:
     """Attribute each row of ``ids`` [B, T]; falls back to Captum where the fast engine does not apply."""
     if settings.engine == "fast" and not fast_engine_applies(model):
-        settings = replace(settings, engine="captum", method="gausslegendre" if settings.method == EXACT else settings.method)
+        settings = replace(
+            settings, engine="captum", method="gausslegendre" if settings.method == EXACT else settings.method
+        )
     out = _run(model, ids, lengths, settings, settings.n_steps)
     if not settings.adaptive or settings.method == EXACT or settings.engine == "fast":  # fast: adaptive inside
         return out
@@ -149,10 +152,13 @@ def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution
         width = sorted_lengths[min(start + rows_per_chunk, b) - 1]
         parts.append((rows, fn(model, ids[rows, :width], lengths[rows], settings, n_steps)))
     dtype = parts[0][1].attributions.dtype
-    out = Attribution(torch.zeros(b, t, dtype=dtype, device=ids.device),
-                      *(torch.empty(b, dtype=dtype, device=ids.device) for _ in range(3)),
-                      n_steps=torch.empty(b, dtype=torch.long, device=ids.device),
-                      method=settings.method, engine=settings.engine)
+    out = Attribution(
+        torch.zeros(b, t, dtype=dtype, device=ids.device),
+        *(torch.empty(b, dtype=dtype, device=ids.device) for _ in range(3)),
+        n_steps=torch.empty(b, dtype=torch.long, device=ids.device),
+        method=settings.method,
+        engine=settings.engine,
+    )
     for rows, res in parts:
         width = res.attributions.shape[1]
         out.attributions[rows, :width] = res.attributions
@@ -179,13 +185,26 @@ def _captum(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribut
         ids, lengths = ids.clone(), lengths.clone()  # inference tensors cannot be saved for backward
         ref = reference_ids(ids, model.embedding.padding_idx)
         lig = LayerIntegratedGradients(model, model.embedding)
-        attr, delta = lig.attribute(ids, ref, additional_forward_args=(lengths,), n_steps=n_steps,
-                                    method=settings.method, internal_batch_size=settings.internal_batch_size,
-                                    return_convergence_delta=True)
+        attr, delta = lig.attribute(
+            ids,
+            ref,
+            additional_forward_args=(lengths,),
+            n_steps=n_steps,
+            method=settings.method,
+            internal_batch_size=settings.internal_batch_size,
+            return_convergence_delta=True,
+        )
         with torch.no_grad():
             logits, ref_logits = model(ids, lengths), model(ref, lengths)
-    return Attribution(attr.sum(dim=2).detach(), delta.detach(), logits, ref_logits,
-                       torch.full_like(lengths, n_steps), settings.method, "captum")
+    return Attribution(
+        attr.sum(dim=2).detach(),
+        delta.detach(),
+        logits,
+        ref_logits,
+        torch.full_like(lengths, n_steps),
+        settings.method,
+        "captum",
+    )
 
 
 @torch.no_grad()
@@ -200,7 +219,9 @@ def _fast(model: SentimentCNN, ids, lengths, settings: IGSettings, n_steps: int)
     shortest = int(lengths.min())
     convs = []
     for taps, w_out in zip(token_taps(model), w_fc):
-        rows, a = window_sums(taps, ids, lengths, shortest)  # [B, T', fs] table rows per window, [B, T', F] A = conv(e - e0)
+        rows, a = window_sums(
+            taps, ids, lengths, shortest
+        )  # [B, T', fs] table rows per window, [B, T', F] A = conv(e - e0)
         valid = window_mask(lengths, taps.fs, a.shape[1])  # [B, T']
         m = a.amax(dim=1)  # [B, F]
         # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
@@ -242,13 +263,23 @@ def _choose_steps(convs: list, gap: torch.Tensor, settings: IGSettings, n_steps:
     b = gap.shape[0]
     device, dtype = gap.device, gap.dtype
     if settings.method == EXACT:
-        return torch.zeros(b, dtype=torch.long, device=device), [_time_on(w.taps.p0, w.m, None) * w.w_out for w in convs], None
+        return (
+            torch.zeros(b, dtype=torch.long, device=device),
+            [_time_on(w.taps.p0, w.m, None) * w.w_out for w in convs],
+            None,
+        )
     candidates = step_counts(replace(settings, n_steps=n_steps))
     rules = [_rule(settings.method, n, dtype, device) for n in candidates]
     zero_sums = None  # [B] per unit of the alpha = 0 weight: the attributions it adds, summed
     if rules[0][2]:  # the rule has a node at alpha = 0
-        zero_sums = sum((torch.where(w.valid.unsqueeze(2), w.a, 0.0).sum(dim=1) / w.valid.sum(dim=1, keepdim=True)
-                         * w.gradient_at_zero()).sum(dim=1) for w in convs)
+        zero_sums = sum(
+            (
+                torch.where(w.valid.unsqueeze(2), w.a, 0.0).sum(dim=1)
+                / w.valid.sum(dim=1, keepdim=True)
+                * w.gradient_at_zero()
+            ).sum(dim=1)
+            for w in convs
+        )
     chosen = steps = weights = at_zero = None
     for k, (n, rule) in enumerate(zip(candidates, rules)):
         g = [_time_on(w.taps.p0, w.m, rule) * w.w_out for w in convs]  # [B, F] each
@@ -273,6 +304,7 @@ def _choose_steps(convs: list, gap: torch.Tensor, settings: IGSettings, n_steps:
 
 class _Windows(NamedTuple):
     """One filter size's first-pass results, kept for the backward pass."""
+
     taps: TokenTaps
     w_out: torch.Tensor  # [F] its slice of the linear layer
     rows: torch.Tensor  # [B, T', fs] table rows of each window
@@ -287,7 +319,9 @@ class _Windows(NamedTuple):
 
 
 @lru_cache(maxsize=64)
-def _rule(method: str, n_steps: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _rule(
+    method: str, n_steps: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Captum's nodes [S] as a tensor, the prefix sums [S + 1] of their weights with the weight of a
     node at alpha = 0 set apart (there all windows tie, which the caller handles), and that weight
     (0.0 if no such node). Cached like ``quadrature``: the tensors are only read, and on a GPU each
@@ -305,7 +339,7 @@ def _time_on(p0: torch.Tensor, m: torch.Tensor, rule: tuple | None) -> torch.Ten
     if rule is None:
         # p0 + a*m > 0  <=>  a > -p0/m (m > 0)  or  a < -p0/m (m < 0)  or  p0 > 0 (m == 0)
         root = (-p0 / m).nan_to_num(0.0, posinf=2.0, neginf=-1.0)
-        rising = (1.0 - root.clamp(0.0, 1.0))
+        rising = 1.0 - root.clamp(0.0, 1.0)
         falling = root.clamp(0.0, 1.0)
         flat = (p0 > 0).to(m.dtype).expand_as(m)
         return torch.where(m > 0, rising, torch.where(m < 0, falling, flat))

@@ -12,6 +12,7 @@ Serving evaluates the same network through per-token tables (``token_taps``, ``p
 no convolution at inference. ``forward`` stays the tutorial's computation, for training, for
 Captum, and as the reference the tables are tested against.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -40,7 +41,7 @@ class ModelConfig:
     dropout: float = 0.5
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["filter_sizes"] = tuple(d["filter_sizes"])
         return cls(**d)
@@ -97,12 +98,13 @@ class TokenTaps:
     """One convolution as per-vocabulary-token projections: ``table[j * V + v, f]`` is
     (e_v - e_pad) . W[f, :, j], tap j of filter f on token v's embedding minus the padding
     token's. A window's pre-activation is then p0 plus the sum of fs table rows, one per token."""
+
     table: torch.Tensor  # [fs * V, F]
     p0: torch.Tensor  # [F] pre-activation of an all-padding window (bias included)
     fs: int
 
 
-_TAPS: "weakref.WeakKeyDictionary[SentimentCNN, tuple[tuple, list[TokenTaps]]]" = weakref.WeakKeyDictionary()
+_TAPS: weakref.WeakKeyDictionary[SentimentCNN, tuple[tuple, list[TokenTaps]]] = weakref.WeakKeyDictionary()
 
 
 def token_taps(model: SentimentCNN) -> list[TokenTaps]:
@@ -132,7 +134,9 @@ def token_taps(model: SentimentCNN) -> list[TokenTaps]:
     return taps
 
 
-def window_sums(taps: TokenTaps, ids: torch.Tensor, lengths: torch.Tensor, shortest: int) -> tuple[torch.Tensor, torch.Tensor]:
+def window_sums(
+    taps: TokenTaps, ids: torch.Tensor, lengths: torch.Tensor, shortest: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [B, T] -> (table rows [B, T', fs], pre-activations minus p0 [B, T', F]), T' = T - fs + 1;
     windows that reach past a row's length are -inf, so they never win a max-pool. ``shortest`` is
     min(lengths), known to the caller (read once, not with a device sync per filter size)."""

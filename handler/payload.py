@@ -3,6 +3,7 @@
 Every function here works on a single request so that one bad request becomes one 4xx answer
 and never touches the others of its batch.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,9 @@ def decode(item: Any, limits: Limits) -> Review:
             try:
                 body = json.loads(body)
             except json.JSONDecodeError as e:
-                raise RequestError(f"request body looks like JSON but does not parse: {e.msg} at char {e.pos}") from None
+                raise RequestError(
+                    f"request body looks like JSON but does not parse: {e.msg} at char {e.pos}"
+                ) from None
             except RecursionError:  # hostile nesting, e.g. {"a": {"a": ... 100,000 levels
                 raise RequestError("request body nests JSON too deeply") from None
     if isinstance(body, list) and len(body) == 1:
@@ -138,8 +141,14 @@ def _v2_request(body: dict, limits: Limits) -> Request:
     return request
 
 
-def kserve_response(request: Request, answers: list[dict], explain: bool, request_id: str | None,
-                    model_name: str, model_version: str | None) -> dict:
+def kserve_response(
+    request: Request,
+    answers: list[dict],
+    explain: bool,
+    request_id: str | None,
+    model_name: str,
+    model_version: str | None,
+) -> dict:
     """The KServe answer of one request; ``answers`` holds one dict (or error body) per instance.
 
     v2 outputs mirror the inputs: one output per input, named like it, with one answer per review.
@@ -148,10 +157,14 @@ def kserve_response(request: Request, answers: list[dict], explain: bool, reques
         return {"explanations" if explain else "predictions": answers}
     outputs, start = [], 0
     for name, n in request.inputs:
-        outputs.append({"name": name, "shape": [n], "datatype": "BYTES", "data": answers[start:start + n]})
+        outputs.append({"name": name, "shape": [n], "datatype": "BYTES", "data": answers[start : start + n]})
         start += n
-    return {"id": request.id or request_id, "model_name": model_name, "model_version": model_version,
-            "outputs": outputs}
+    return {
+        "id": request.id or request_id,
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": outputs,
+    }
 
 
 def _from_json(obj: dict, limits: Limits) -> Review:

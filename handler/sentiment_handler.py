@@ -10,6 +10,7 @@ KServe v1 and v2 bodies are read here too, per request (``payload.parse_request`
 works with batching and without TorchServe's service envelope: the reviews of all requests of a
 batch are answered together and each request gets its own KServe answer and status.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,11 @@ class SentimentHandler(BaseHandler):
             explain["chunk_elements"] = gpu_chunk
         known = {f.name for f in fields(IGSettings)}
         self.ig = IGSettings(**{k: v for k, v in explain.items() if k in known})
-        self.limits = payload.Limits(max_chars=int(cfg.get("max_chars", 100_000)), max_n_steps=self.ig.max_steps,
-                                     max_instances=int(cfg.get("max_instances", 64)))
+        self.limits = payload.Limits(
+            max_chars=int(cfg.get("max_chars", 100_000)),
+            max_n_steps=self.ig.max_steps,
+            max_instances=int(cfg.get("max_instances", 64)),
+        )
         self.manifest = context.manifest
         self.version = ((self.manifest or {}).get("model") or {}).get("modelVersion")
         metrics_file = self.model_dir / "metrics.json"  # the shipped model's own record, for describe
@@ -77,8 +81,13 @@ class SentimentHandler(BaseHandler):
             token_taps(self.model)
             self.forward = partial(predict_logits, self.model)
         self.initialized = True
-        logger.info("imdb_sentiment on %s, vocab %d, explain %s (fast engine applies: %s)",
-                    self.device, len(self.vocab), self.ig, fast_engine_applies(self.model))
+        logger.info(
+            "imdb_sentiment on %s, vocab %d, explain %s (fast engine applies: %s)",
+            self.device,
+            len(self.vocab),
+            self.ig,
+            fast_engine_applies(self.model),
+        )
 
     def handle(self, data: list, context) -> list:
         """Answer a frontend batch: all reviews of all its requests in one pass, one answer per request.
@@ -134,18 +143,28 @@ class SentimentHandler(BaseHandler):
             if isinstance(request, payload.RequestError):
                 replies.append(self._error(i, request, per_request))
                 continue
-            answers = out[pos:pos + len(request.instances)]
+            answers = out[pos : pos + len(request.instances)]
             pos += len(request.instances)
             if request.protocol is None:
                 (answer,) = answers
-                replies.append(self._error(i, answer, per_request) if isinstance(answer, payload.RequestError) else answer)
+                replies.append(
+                    self._error(i, answer, per_request) if isinstance(answer, payload.RequestError) else answer
+                )
                 continue
             failed = [a for a in answers if isinstance(a, payload.RequestError)]
             if len(failed) == len(answers):
                 self._error(i, failed[0], per_request)
             bodies = [payload.error_body(a) if isinstance(a, payload.RequestError) else a for a in answers]
-            replies.append(payload.kserve_response(request, bodies, row_explain[i], self.context.get_request_id(i),
-                                                   self.context.model_name, self.version))
+            replies.append(
+                payload.kserve_response(
+                    request,
+                    bodies,
+                    row_explain[i],
+                    self.context.get_request_id(i),
+                    self.context.model_name,
+                    self.version,
+                )
+            )
         return replies
 
     def _answer(self, rows, batch, reviews, explain, out) -> None:

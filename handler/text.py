@@ -3,14 +3,15 @@
 Training, evaluation, the benchmark and the TorchServe handler all import this module, so the
 tokens a model was trained on are the tokens it is served with.
 """
+
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -58,7 +59,7 @@ class Vocab:
         return [self.stoi.get(t, self.unk_idx) for t in tokens]
 
     @classmethod
-    def build(cls, token_lists: Iterable[Sequence[str]], max_size: int, min_freq: int = 1) -> "Vocab":
+    def build(cls, token_lists: Iterable[Sequence[str]], max_size: int, min_freq: int = 1) -> Vocab:
         """Most frequent tokens first (ties alphabetical, so the build is deterministic)."""
         counts = Counter(t for tokens in token_lists for t in tokens)
         counts.pop(UNK, None), counts.pop(PAD, None)
@@ -70,7 +71,7 @@ class Vocab:
         Path(directory, VOCAB_FILE).write_text(json.dumps(self.itos, ensure_ascii=False))
 
     @classmethod
-    def load(cls, directory: Path) -> "Vocab":
+    def load(cls, directory: Path) -> Vocab:
         return cls(json.loads(Path(directory, VOCAB_FILE).read_text()))
 
 
@@ -82,7 +83,7 @@ class EncodedBatch:
     truncated: list[bool]  # per row, whether tokens beyond max_tokens were cut
     n_unknown: list[int]  # per row, how many kept tokens map to <unk>
 
-    def to(self, device: torch.device | str) -> "EncodedBatch":
+    def to(self, device: torch.device | str) -> EncodedBatch:
         self.ids, self.lengths = self.ids.to(device), self.lengths.to(device)
         return self
 

@@ -16,6 +16,7 @@ red (towards neg) background, stronger for a larger |normalized attribution|. --
 non-terminal stdout) writes the same as plain text with signed values after the words that matter.
 --html REPORT writes one self-contained HTML table for all reviews, like Captum's visualize_text.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -178,8 +179,7 @@ mark { color: #000; padding: 1px 2px; border-radius: 3px; }
 
 def _mark(token: str, value: float) -> str:
     h, s, light = attribution_hsl(value)
-    return (f'<mark style="background-color: hsl({h}, {s}%, {light}%)" title="{value:+.3f}">'
-            f"{html.escape(token)}</mark>")
+    return f'<mark style="background-color: hsl({h}, {s}%, {light}%)" title="{value:+.3f}">{html.escape(token)}</mark>'
 
 
 def _row(index: int, review: Review, result: dict) -> str:
@@ -188,20 +188,26 @@ def _row(index: int, review: Review, result: dict) -> str:
     true = e(review.label) if review.label else "–"
     if "label" not in result:
         message = e(error_line(result))
-        return (f'<tr><td>{name}</td><td>{true}</td><td colspan="2"></td>'
-                f'<td class="error">{message}<br>{e(review.text)}</td></tr>')
+        return (
+            f'<tr><td>{name}</td><td>{true}</td><td colspan="2"></td>'
+            f'<td class="error">{message}<br>{e(review.text)}</td></tr>'
+        )
     wrong = ' class="wrong"' if review.label and review.label != result["label"] else ""
-    predicted = f'<b{wrong}>{e(result["label"])}</b> ({result["score"]:.2f})'
+    predicted = f"<b{wrong}>{e(result['label'])}</b> ({result['score']:.2f})"
     if "attributions" in result:
         score = f'{sum(result["attributions"]):.2f}<br><span class="small">delta {result["delta"]:.1e}</span>'
         words = " ".join(_mark(t, v) for t, v in zip(result["tokens"], result["attributions_normalized"]))
     else:
         score, words = "–", e(review.text)
-    return (f"<tr><td>{name}</td><td>{true}</td><td class=\"num\">{predicted}</td>"
-            f'<td class="num">{score}</td><td class="words">{words}</td></tr>')
+    return (
+        f'<tr><td>{name}</td><td>{true}</td><td class="num">{predicted}</td>'
+        f'<td class="num">{score}</td><td class="words">{words}</td></tr>'
+    )
 
 
-def render_html(rows: list[tuple[Review, dict]], title: str = "IMDB sentiment: which words drove the prediction") -> str:
+def render_html(
+    rows: list[tuple[Review, dict]], title: str = "IMDB sentiment: which words drove the prediction"
+) -> str:
     """One self-contained HTML page (inline CSS only: no scripts, fonts, images or links) with a
     table in the style of Captum's visualize_text. Every token, text, label and message goes
     through html.escape, so a review containing markup is shown as text."""
@@ -253,7 +259,9 @@ def read_reviews(sources: list[str], label: str | None = None, stdin=None) -> li
                 folder_label = f.parent.name if f.parent.name in LABELS else label
                 reviews.append(Review(f.read_text(encoding="utf-8"), str(f), folder_label))
         elif path.is_file():
-            lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+            lines = [
+                (n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()
+            ]
             file_label = path.parent.name if path.parent.name in LABELS else label
             for n, line in lines:
                 reviews.append(Review(line, f"{path}:{n}" if len(lines) > 1 else str(path), file_label))
@@ -274,8 +282,12 @@ def resolve_endpoint(url: str | None, token: str | None, key_file: str) -> Endpo
     try:
         key = json.loads(path.read_text())["inference"]
     except FileNotFoundError:
-        return Endpoint(url, None, f"nowhere: {path} does not exist (TorchServe writes it in its working "
-                                   "directory when it starts; pass --key-file, --token or IMDB_TOKEN)")
+        return Endpoint(
+            url,
+            None,
+            f"nowhere: {path} does not exist (TorchServe writes it in its working "
+            "directory when it starts; pass --key-file, --token or IMDB_TOKEN)",
+        )
     except (ValueError, KeyError, TypeError) as err:
         raise ClientError(f"cannot read the inference key from {path}: {err!r}") from None
     source = f"{path}"
@@ -288,8 +300,9 @@ def resolve_endpoint(url: str | None, token: str | None, key_file: str) -> Endpo
 # ----------------------------------------------------------------------------- HTTP
 
 
-def request(endpoint: Endpoint, review: Review, explain: bool = True, options: dict | None = None,
-            timeout: float = 120) -> dict:
+def request(
+    endpoint: Endpoint, review: Review, explain: bool = True, options: dict | None = None, timeout: float = 120
+) -> dict:
     """POST one review as JSON and return the answer; every failure becomes a ClientError whose
     message says what to do. Server down and a rejected token are fatal, other 4xx/5xx are not."""
     path = "explanations" if explain else "predictions"
@@ -305,8 +318,10 @@ def request(endpoint: Endpoint, review: Review, explain: bool = True, options: d
         raise _http_error(err, endpoint) from None
     except urllib.error.URLError as err:
         if isinstance(err.reason, ConnectionRefusedError):
-            raise ClientError(f"no server at {endpoint.url}: connection refused. Is TorchServe running? "
-                              "Start it with `make serve` (or pass --url / IMDB_URL).") from None
+            raise ClientError(
+                f"no server at {endpoint.url}: connection refused. Is TorchServe running? "
+                "Start it with `make serve` (or pass --url / IMDB_URL)."
+            ) from None
         raise ClientError(f"cannot reach {endpoint.url}: {err.reason}") from None
     except (TimeoutError, ConnectionError) as err:
         raise ClientError(f"no answer from {endpoint.url} within {timeout:g}s: {err!r}") from None
@@ -323,19 +338,24 @@ def _http_error(err: urllib.error.HTTPError, endpoint: Endpoint) -> ClientError:
         message, kind = raw.strip() or err.reason, ""
     # TorchServe 0.12 answers a bad token with 400 InvalidKeyException "Token Authorization failed...".
     if err.code in (401, 403) or (err.code == 400 and ("token" in message.lower() or kind == "InvalidKeyException")):
-        return ClientError(f"the server at {endpoint.url} rejected the token: it is wrong or expired "
-                           f"(token read from {endpoint.token_source}). Server said: {message}. A restarted "
-                           "TorchServe writes new keys to key_file.json in its working directory.")
+        return ClientError(
+            f"the server at {endpoint.url} rejected the token: it is wrong or expired "
+            f"(token read from {endpoint.token_source}). Server said: {message}. A restarted "
+            "TorchServe writes new keys to key_file.json in its working directory."
+        )
     # 404 (model not registered) would fail every review alike; other codes may be this review's own.
     answer = {"code": err.code, "type": kind, "message": message}
-    return ClientError(f"the server at {endpoint.url} answered {error_line(answer)}", fatal=err.code == 404, answer=answer)
+    return ClientError(
+        f"the server at {endpoint.url} answered {error_line(answer)}", fatal=err.code == 404, answer=answer
+    )
 
 
 # ----------------------------------------------------------------------------- no server
 
 
-def explain_in_process(reviews: list[Review], model_dir: Path, explain: bool = True,
-                       model_config: Path | None = None, batch_size: int = 8) -> list[dict]:
+def explain_in_process(
+    reviews: list[Review], model_dir: Path, explain: bool = True, model_config: Path | None = None, batch_size: int = 8
+) -> list[dict]:
     """Answer reviews with the real SentimentHandler in this process, without TorchServe: the same
     JSON a server sends. Used for --local, the README images and the browser test. Imports torch
     and TorchServe only when called, so the HTTP client stays light."""
@@ -353,8 +373,16 @@ def local_handler(model_dir: Path, model_config: Path | None = None, batch_size:
 
     config_path = model_config or Path(__file__).resolve().parent.parent / "model-config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-    context = Context(MODEL, str(model_dir), {"model": {"modelName": MODEL}}, batch_size, gpu_id, "0.12.0",
-                      metrics=None, model_yaml_config=config)
+    context = Context(
+        MODEL,
+        str(model_dir),
+        {"model": {"modelName": MODEL}},
+        batch_size,
+        gpu_id,
+        "0.12.0",
+        metrics=None,
+        model_yaml_config=config,
+    )
     handler = SentimentHandler()
     handler.initialize(context)
     return handler, context
@@ -366,7 +394,7 @@ def answer_locally(handler, context, reviews: list[Review], explain: bool) -> li
 
     results = []
     for start in range(0, len(reviews), context.system_properties["batch_size"]):
-        chunk = reviews[start:start + context.system_properties["batch_size"]]
+        chunk = reviews[start : start + context.system_properties["batch_size"]]
         context.request_processor = [RequestProcessor({"explain": str(explain)}) for _ in chunk]
         context.request_ids = {i: str(start + i) for i in range(len(chunk))}
         results += handler.handle([{"body": r.text.encode()} for r in chunk], context)
@@ -377,8 +405,9 @@ def answer_locally(handler, context, reviews: list[Review], explain: bool) -> li
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="imdb-explain", description=__doc__.split("\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="imdb-explain", description=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("reviews", nargs="+", metavar="REVIEW|-|FILE|DIR")
     p.add_argument("--predict", action="store_true", help="prediction only (no explanation)")
     p.add_argument("--html", metavar="REPORT", help="write one self-contained HTML report of all reviews")
@@ -390,8 +419,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--key-file", default="key_file.json", help="TorchServe's key file (default ./key_file.json)")
     p.add_argument("--n-steps", type=int, help="integration steps (the server's default otherwise)")
     p.add_argument("--timeout", type=float, default=120, help="seconds to wait for each answer (default 120)")
-    p.add_argument("--local", metavar="MODEL_DIR", type=Path,
-                   help="no server: run the handler in this process on the artifacts in MODEL_DIR")
+    p.add_argument(
+        "--local",
+        metavar="MODEL_DIR",
+        type=Path,
+        help="no server: run the handler in this process on the artifacts in MODEL_DIR",
+    )
     return p.parse_args(argv)
 
 
@@ -408,8 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             endpoint = resolve_endpoint(args.url, args.token, args.key_file)
             results = []
-            for review in tqdm(reviews, desc="explaining" if not args.predict else "predicting",
-                               unit="review", disable=len(reviews) < 2, file=sys.stderr):
+            for review in tqdm(
+                reviews,
+                desc="explaining" if not args.predict else "predicting",
+                unit="review",
+                disable=len(reviews) < 2,
+                file=sys.stderr,
+            ):
                 try:
                     results.append(request(endpoint, review, not args.predict, options, args.timeout))
                 except ClientError as e:

@@ -33,6 +33,7 @@ call, the fast engine at 64..4096 reviews per call; defaults to 256-token review
 ``--workers 1 4 8``: N processes each running the real handler on the device (as N TorchServe
 workers would), explaining KServe v1 batches of 32 requests x 64 reviews; aggregate reviews/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,15 +106,25 @@ def length_stats(token_lists: list[list[str]]) -> dict:
     """Token-length distribution as served: before truncation, and how many exceed MAX_TOKENS."""
     n = np.array([len(t) for t in token_lists])
     q = np.percentile(n, [0, 10, 50, 90, 99, 100])
-    return {"n": int(n.size), "mean": round(float(n.mean()), 1), "min": int(q[0]), "p10": int(q[1]),
-            "p50": int(q[2]), "p90": int(q[3]), "p99": int(q[4]), "max": int(q[5]),
-            "truncated_at_%d" % MAX_TOKENS: int((n > MAX_TOKENS).sum())}
+    return {
+        "n": int(n.size),
+        "mean": round(float(n.mean()), 1),
+        "min": int(q[0]),
+        "p10": int(q[1]),
+        "p50": int(q[2]),
+        "p90": int(q[3]),
+        "p99": int(q[4]),
+        "max": int(q[5]),
+        "truncated_at_%d" % MAX_TOKENS: int((n > MAX_TOKENS).sum()),
+    }
 
 
 def batches_of(token_lists: list[list[str]], vocab: Vocab, size: int, device: str) -> list[EncodedBatch]:
     """Consecutive batches in sample order (no length sorting: that is the engine's own business)."""
-    return [encode(token_lists[i : i + size], vocab, MIN_LEN, MAX_TOKENS).to(device)
-            for i in range(0, len(token_lists), size)]
+    return [
+        encode(token_lists[i : i + size], vocab, MIN_LEN, MAX_TOKENS).to(device)
+        for i in range(0, len(token_lists), size)
+    ]
 
 
 # ----------------------------------------------------------------------------- in-process cases
@@ -176,11 +187,28 @@ def run_case(model, token_lists, vocab, case: Case, device: str) -> CaseResult:
     lat = np.array(latencies)
     r = np.array(rel)
     s = case.settings
-    steps_label = "exact" if s.method == "exact" else (f"{s.n_steps}..{s.max_steps} (rtol {s.rtol:g})" if s.adaptive else str(s.n_steps))
-    return CaseResult(case.name, s.engine, s.method, steps_label, case.batch_size, case.n_reviews, len(latencies),
-                      case.n_reviews * case.repeat / float(lat.sum()), 1000 * float(np.percentile(lat, 50)),
-                      1000 * float(np.percentile(lat, 99)), float(np.median(r)), float(np.percentile(r, 90)),
-                      float(r.max()), float(np.mean(steps)), attrs)
+    steps_label = (
+        "exact"
+        if s.method == "exact"
+        else (f"{s.n_steps}..{s.max_steps} (rtol {s.rtol:g})" if s.adaptive else str(s.n_steps))
+    )
+    return CaseResult(
+        case.name,
+        s.engine,
+        s.method,
+        steps_label,
+        case.batch_size,
+        case.n_reviews,
+        len(latencies),
+        case.n_reviews * case.repeat / float(lat.sum()),
+        1000 * float(np.percentile(lat, 50)),
+        1000 * float(np.percentile(lat, 99)),
+        float(np.median(r)),
+        float(np.percentile(r, 90)),
+        float(r.max()),
+        float(np.mean(steps)),
+        attrs,
+    )
 
 
 def max_rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -189,28 +217,40 @@ def max_rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-30)) for x, y in zip(a, b))
 
 
-def arbitrate(model, token_lists, vocab, fast: CaseResult, captum: CaseResult, steps: int, device: str,
-              limit: int = 16) -> dict:
+def arbitrate(
+    model, token_lists, vocab, fast: CaseResult, captum: CaseResult, steps: int, device: str, limit: int = 16
+) -> dict:
     """How the fast engine and Captum (both float32, equal steps) agree review by review, and who is
     right where they differ by more than 1e-5: Captum in float64 decides, on up to ``limit`` of
     those reviews. Also compared there: attributions summed per token id, which do not depend on
     which copy of a repeated phrase wins a max-pool tie (the copies hold the same tokens)."""
     per_review = np.array([max_rel_diff([x], [y]) for x, y in zip(fast.attributions, captum.attributions)])
-    report = {"reviews": len(per_review), "p50": float(np.median(per_review)), "p99": float(np.percentile(per_review, 99)),
-              "max": float(per_review.max()), "over_1e-5": int((per_review > 1e-5).sum())}
+    report = {
+        "reviews": len(per_review),
+        "p50": float(np.median(per_review)),
+        "p99": float(np.percentile(per_review, 99)),
+        "max": float(per_review.max()),
+        "over_1e-5": int((per_review > 1e-5).sum()),
+    }
     worst = [int(i) for i in np.argsort(-per_review)[:limit] if per_review[i] > 1e-5]
     if not worst:
         return report
     double = type(model)(model.config).double().to(device).eval()
     double.load_state_dict(model.state_dict())
     batch = encode([token_lists[i] for i in worst], vocab, MIN_LEN, MAX_TOKENS).to(device)
-    truth = layer_ig(double, batch.ids, batch.lengths, IGSettings(engine="captum", method="gausslegendre",
-                                                                  n_steps=steps, chunk_elements=WHOLE_BATCH)).attributions
+    truth = layer_ig(
+        double,
+        batch.ids,
+        batch.lengths,
+        IGSettings(engine="captum", method="gausslegendre", n_steps=steps, chunk_elements=WHOLE_BATCH),
+    ).attributions
     truth = [truth[j, : int(n)].cpu() for j, n in enumerate(batch.lengths)]
     ids = [batch.ids[j, : int(n)].cpu() for j, n in enumerate(batch.lengths)]
 
     def per_token(attr: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [torch.zeros(int(i.max()) + 1, dtype=torch.float64).index_add_(0, i, a.double()) for i, a in zip(ids, attr)]
+        return [
+            torch.zeros(int(i.max()) + 1, dtype=torch.float64).index_add_(0, i, a.double()) for i, a in zip(ids, attr)
+        ]
 
     fast_w, captum_w = [fast.attributions[i].double() for i in worst], [captum.attributions[i].double() for i in worst]
     report["arbitrated"] = {
@@ -230,8 +270,12 @@ def in_process_cases(args) -> list[Case]:
     gl = IGSettings(engine="fast", method="gausslegendre", n_steps=args.steps, chunk_elements=args.chunk_elements)
     cases = [
         Case("tutorial", IGSettings(engine="captum", method="gausslegendre", n_steps=500), 1, args.tutorial_n),
-        Case("captum batched", IGSettings(engine="captum", method="gausslegendre", n_steps=args.steps,
-                                          chunk_elements=WHOLE_BATCH), args.captum_batch_size, args.n),
+        Case(
+            "captum batched",
+            IGSettings(engine="captum", method="gausslegendre", n_steps=args.steps, chunk_elements=WHOLE_BATCH),
+            args.captum_batch_size,
+            args.n,
+        ),
     ]
     fast_sizes = args.fast_batch_sizes or [args.batch_size]
     for size in fast_sizes:
@@ -259,8 +303,10 @@ def drive(url: str, key: str, bodies: list[bytes], concurrency: int) -> dict:
 
 
 async def _drive(url, key: str, bodies: list[bytes], concurrency: int) -> dict:
-    head = (f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: application/json\r\n").encode()
+    head = (
+        f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\n"
+    ).encode()
     conns = [await asyncio.open_connection(url.hostname, url.port) for _ in range(concurrency)]
 
     async def client(conn, queue: list[bytes], out: list) -> None:
@@ -276,7 +322,7 @@ async def _drive(url, key: str, bodies: list[bytes], concurrency: int) -> dict:
                 length = int(value) if name.lower() == "content-length" else length
                 chunked = chunked or (name.lower() == "transfer-encoding" and "chunked" in value.lower())
             if chunked:
-                while (size := int((await reader.readline()).split(b";")[0], 16)):
+                while size := int((await reader.readline()).split(b";")[0], 16):
                     await reader.readexactly(size + 2)
                 await reader.readline()
             else:
@@ -294,12 +340,24 @@ async def _drive(url, key: str, bodies: list[bytes], concurrency: int) -> dict:
     for _, writer in conns:
         writer.close()
     lat = np.array([r[0] for r in results])
-    return {"requests": len(bodies), "errors": sum(r[1] != 200 for r in results), "per_s": len(bodies) / wall,
-            "p50_ms": 1000 * float(np.percentile(lat, 50)), "p99_ms": 1000 * float(np.percentile(lat, 99))}
+    return {
+        "requests": len(bodies),
+        "errors": sum(r[1] != 200 for r in results),
+        "per_s": len(bodies) / wall,
+        "p50_ms": 1000 * float(np.percentile(lat, 50)),
+        "p99_ms": 1000 * float(np.percentile(lat, 99)),
+    }
 
 
-def serve_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], delay_ms: int,
-                concurrencies: list[int], n_requests: int, worker_threads: int | None = None) -> list[dict]:
+def serve_bench(
+    artifacts: Path,
+    texts: list[str],
+    batch_sizes: list[int],
+    delay_ms: int,
+    concurrencies: list[int],
+    n_requests: int,
+    worker_threads: int | None = None,
+) -> list[dict]:
     """Per batchSize: build a .mar, start TorchServe in a temp workdir, drive it, always stop it.
 
     ``worker_threads`` (None: as model-config.yaml says) sets the worker's torch threads, 0 meaning
@@ -329,15 +387,30 @@ def serve_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], delay
             build_mar.build(artifacts, store, batchSize=batch_size, maxBatchDelay=delay, handler=handler)
             server = None
             try:
-                server = serve.start(work, serve.isolated_config(work / "config.properties", model_store=str(store)), store)
+                server = serve.start(
+                    work, serve.isolated_config(work / "config.properties", model_store=str(store)), store
+                )
                 key = server.keys()["inference"]
                 for kind in ("predictions", "explanations"):
                     for c in concurrencies:
                         res = drive(f"{server.inference}/{kind}/imdb_sentiment", key, bodies, c)
-                        rows.append({"kind": kind, "batchSize": batch_size, "maxBatchDelay": delay,
-                                     "worker_threads": "as shipped" if worker_threads is None else worker_threads or "torch default", "concurrency": c, **res})
-                        print(f"  serve {kind:12s} batchSize={batch_size:<3d} threads={worker_threads} c={c:<3d} {res['per_s']:8.1f}/s "
-                              f"p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms errors {res['errors']}", flush=True)
+                        rows.append(
+                            {
+                                "kind": kind,
+                                "batchSize": batch_size,
+                                "maxBatchDelay": delay,
+                                "worker_threads": "as shipped"
+                                if worker_threads is None
+                                else worker_threads or "torch default",
+                                "concurrency": c,
+                                **res,
+                            }
+                        )
+                        print(
+                            f"  serve {kind:12s} batchSize={batch_size:<3d} threads={worker_threads} c={c:<3d} {res['per_s']:8.1f}/s "
+                            f"p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms errors {res['errors']}",
+                            flush=True,
+                        )
             finally:
                 if server is not None:
                     serve.stop(server)
@@ -370,8 +443,15 @@ def handler_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], n_r
     return rows
 
 
-def workers_bench(artifacts: Path, texts: list[str], counts: list[int], gpu_id: int | None,
-                  requests: int = 32, per_request: int = 64, calls: int = 4) -> list[dict]:
+def workers_bench(
+    artifacts: Path,
+    texts: list[str],
+    counts: list[int],
+    gpu_id: int | None,
+    requests: int = 32,
+    per_request: int = 64,
+    calls: int = 4,
+) -> list[dict]:
     """N copies of the real handler in N processes, as TorchServe runs N workers, all on one device:
     each explains ``calls`` batches of ``requests`` KServe v1 requests x ``per_request`` reviews,
     starting together. The served explain path end to end (decode, spaCy, engine, answers)."""
@@ -381,8 +461,13 @@ def workers_bench(artifacts: Path, texts: list[str], counts: list[int], gpu_id: 
     rows = []
     for n in counts:
         barrier, results = ctx.Barrier(n + 1), ctx.Queue()
-        procs = [ctx.Process(target=_explain_worker, args=(str(artifacts), texts[i:] + texts[:i], gpu_id, requests,
-                                                           per_request, calls, barrier, results)) for i in range(n)]
+        procs = [
+            ctx.Process(
+                target=_explain_worker,
+                args=(str(artifacts), texts[i:] + texts[:i], gpu_id, requests, per_request, calls, barrier, results),
+            )
+            for i in range(n)
+        ]
         for p in procs:
             p.start()
         barrier.wait(timeout=600)  # every worker loaded and warmed up
@@ -391,8 +476,11 @@ def workers_bench(artifacts: Path, texts: list[str], counts: list[int], gpu_id: 
             p.join()
         reviews = n * calls * requests * per_request
         rows.append({"workers": n, "reviews": reviews, "per_s": reviews / max(elapsed), "gpu_id": gpu_id})
-        print(f"  {n:2d} handler workers on {'cuda:%d' % gpu_id if gpu_id is not None else 'cpu'}: "
-              f"{rows[-1]['per_s']:10,.0f} explanations/s", flush=True)
+        print(
+            f"  {n:2d} handler workers on {'cuda:%d' % gpu_id if gpu_id is not None else 'cpu'}: "
+            f"{rows[-1]['per_s']:10,.0f} explanations/s",
+            flush=True,
+        )
     return rows
 
 
@@ -402,8 +490,14 @@ def _explain_worker(artifacts, texts, gpu_id, requests, per_request, calls, barr
     from imdb_client.client import local_handler
 
     handler, context = local_handler(Path(artifacts), batch_size=requests, gpu_id=gpu_id)
-    body = [{"body": json.dumps({"instances": [{"text": t} for t in texts[i * per_request:(i + 1) * per_request]]}).encode()}
-            for i in range(requests)]
+    body = [
+        {
+            "body": json.dumps(
+                {"instances": [{"text": t} for t in texts[i * per_request : (i + 1) * per_request]]}
+            ).encode()
+        }
+        for i in range(requests)
+    ]
     context.request_processor = [RequestProcessor({"explain": "True"}) for _ in body]
     context.request_ids = {i: str(i) for i in range(requests)}
     handler.handle(body, context)  # warm-up
@@ -427,14 +521,25 @@ def machine_info(device: str) -> dict:
         pass
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                    capture_output=True, text=True).stdout.strip())
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+            ).stdout.strip()
+        )
     except OSError:
         commit, dirty = "", False
-    info = {"cpu_model": cpu, "cpu_cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
-            "python": platform.python_version(), "device": device, "git_commit": commit, "git_dirty": dirty,
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    info = {
+        "cpu_model": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
+        "python": platform.python_version(),
+        "device": device,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -443,22 +548,31 @@ def machine_info(device: str) -> dict:
 
 
 def markdown_table(results: list[CaseResult], tutorial_rate: float) -> str:
-    head = ("| case | engine | method | steps | reviews/call | reviews | reviews/s | p50 ms/call | p99 ms/call "
-            "| rel. delta median | rel. delta p90 | mean steps | speedup vs tutorial |")
+    head = (
+        "| case | engine | method | steps | reviews/call | reviews | reviews/s | p50 ms/call | p99 ms/call "
+        "| rel. delta median | rel. delta p90 | mean steps | speedup vs tutorial |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
-        lines.append(f"| {r.name} | {r.engine} | {r.method} | {r.steps} | {r.batch_size} | {r.reviews} | "
-                     f"{r.reviews_per_s:,.1f} | {r.p50_ms:,.2f} | {r.p99_ms:,.2f} | {r.rel_delta_median:.2e} | "
-                     f"{r.rel_delta_p90:.2e} | {r.mean_steps_used:.0f} | {r.reviews_per_s / tutorial_rate:,.0f}x |")
+        lines.append(
+            f"| {r.name} | {r.engine} | {r.method} | {r.steps} | {r.batch_size} | {r.reviews} | "
+            f"{r.reviews_per_s:,.1f} | {r.p50_ms:,.2f} | {r.p99_ms:,.2f} | {r.rel_delta_median:.2e} | "
+            f"{r.rel_delta_p90:.2e} | {r.mean_steps_used:.0f} | {r.reviews_per_s / tutorial_rate:,.0f}x |"
+        )
     return "\n".join(lines)
 
 
 def serve_table(rows: list[dict]) -> str:
-    lines = ["| endpoint | batchSize | maxBatchDelay ms | worker threads | concurrency | requests | errors | requests/s "
-             "| p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| endpoint | batchSize | maxBatchDelay ms | worker threads | concurrency | requests | errors | requests/s "
+        "| p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['kind']} | {r['batchSize']} | {r['maxBatchDelay']} | {r['worker_threads']} | {r['concurrency']} | {r['requests']} | "
-                     f"{r['errors']} | {r['per_s']:,.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+        lines.append(
+            f"| {r['kind']} | {r['batchSize']} | {r['maxBatchDelay']} | {r['worker_threads']} | {r['concurrency']} | {r['requests']} | "
+            f"{r['errors']} | {r['per_s']:,.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -467,20 +581,42 @@ def serve_table(rows: list[dict]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="in-process only, 64 reviews, tutorial way on 8 (< 5 min on 2 cores)")
+    p.add_argument(
+        "--quick", action="store_true", help="in-process only, 64 reviews, tutorial way on 8 (< 5 min on 2 cores)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    p.add_argument("--lengths", choices=("imdb", "256"), default=None,
-                   help="imdb: real test-set lengths; 256: reviews of 200-300 tokens (default: imdb on cpu, 256 on cuda)")
+    p.add_argument(
+        "--lengths",
+        choices=("imdb", "256"),
+        default=None,
+        help="imdb: real test-set lengths; 256: reviews of 200-300 tokens (default: imdb on cpu, 256 on cuda)",
+    )
     p.add_argument("--n", type=int, default=None, help="reviews (default 256 cpu, 4096 cuda, 64 quick)")
     p.add_argument("--batch-size", type=int, default=32, help="reviews per call for the fast engine")
-    p.add_argument("--captum-batch-size", type=int, default=None, help="reviews per plain-Captum call (default --batch-size)")
-    p.add_argument("--fast-batch-sizes", type=int, nargs="*", default=None, help="several fast-engine batch sizes (cuda: 64..4096)")
-    p.add_argument("--tutorial-n", type=int, default=None, help="reviews timed the tutorial's way (default 16, quick 8)")
-    p.add_argument("--headline", choices=("exact", "steps"), default="exact",
-                   help="engine configuration of the last line: the served default (exact) or fast at --steps")
-    p.add_argument("--steps", type=int, default=50, help="steps of plain Captum and the fast engine (Captum's default 50)")
-    p.add_argument("--chunk-elements", type=int, default=None,
-                   help="fast engine chunk size in floats (default: model-config.yaml's chunk_elements, gpu_chunk_elements on cuda)")
+    p.add_argument(
+        "--captum-batch-size", type=int, default=None, help="reviews per plain-Captum call (default --batch-size)"
+    )
+    p.add_argument(
+        "--fast-batch-sizes", type=int, nargs="*", default=None, help="several fast-engine batch sizes (cuda: 64..4096)"
+    )
+    p.add_argument(
+        "--tutorial-n", type=int, default=None, help="reviews timed the tutorial's way (default 16, quick 8)"
+    )
+    p.add_argument(
+        "--headline",
+        choices=("exact", "steps"),
+        default="exact",
+        help="engine configuration of the last line: the served default (exact) or fast at --steps",
+    )
+    p.add_argument(
+        "--steps", type=int, default=50, help="steps of plain Captum and the fast engine (Captum's default 50)"
+    )
+    p.add_argument(
+        "--chunk-elements",
+        type=int,
+        default=None,
+        help="fast engine chunk size in floats (default: model-config.yaml's chunk_elements, gpu_chunk_elements on cuda)",
+    )
     p.add_argument("--repeat", type=int, default=None, help="timed passes of the fast cases (default 1 cpu, 3 cuda)")
     p.add_argument("--no-serve", action="store_true", help="skip the TorchServe part")
     p.add_argument("--serve-only", action="store_true", help="skip the in-process comparison (TorchServe, --workers)")
@@ -489,10 +625,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serve-batch", type=int, nargs="+", default=[1, 8], help="batchSize variants of the .mar")
     p.add_argument("--max-batch-delay", type=int, default=10, help="maxBatchDelay (ms) of the batched variants")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--worker-threads", type=int, default=None,
-                   help="torch threads of the TorchServe worker (default: as model-config.yaml says; 0: torch's default)")
-    p.add_argument("--workers", type=int, nargs="*", default=[],
-                   help="also run N handler processes on the device, explaining KServe batches (e.g. 1 4 8 16)")
+    p.add_argument(
+        "--worker-threads",
+        type=int,
+        default=None,
+        help="torch threads of the TorchServe worker (default: as model-config.yaml says; 0: torch's default)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run N handler processes on the device, explaining KServe batches (e.g. 1 4 8 16)",
+    )
     p.add_argument("--artifacts", default=str(REPO / "model_store" / "artifacts"))
     p.add_argument("--data", default=None, help="IMDB tarball or folder (default: scripts/imdb_data.py lookup)")
     p.add_argument("--seed", type=int, default=0)
@@ -502,7 +647,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.lengths = a.lengths or ("256" if cuda else "imdb")
     a.n = a.n or (64 if a.quick else 4096 if cuda else 256)
     a.tutorial_n = min(a.n, a.tutorial_n or (8 if a.quick else 16))
-    a.captum_batch_size = a.captum_batch_size or (64 if cuda else min(a.batch_size, 64))  # issue: Captum batched, 64 reviews
+    a.captum_batch_size = a.captum_batch_size or (
+        64 if cuda else min(a.batch_size, 64)
+    )  # issue: Captum batched, 64 reviews
     served = yaml.safe_load((REPO / "model-config.yaml").read_text())["handler"]["explain"]
     a.chunk_elements = a.chunk_elements or served["gpu_chunk_elements" if cuda else "chunk_elements"]
     a.repeat = a.repeat or (3 if cuda else 1)
@@ -517,8 +664,11 @@ def compare(results: list[CaseResult], a: argparse.Namespace, arbiter) -> tuple[
     """Print the in-process table; return (attribution agreement, headline speedups)."""
     by = {r.name: r for r in results}
     tutorial, batched = by["tutorial"], by["captum batched"]
-    fast_names = [r.name for r in results if r.name.startswith("fast") and "500" not in r.name
-                  and "adaptive" not in r.name and "exact" not in r.name]
+    fast_names = [
+        r.name
+        for r in results
+        if r.name.startswith("fast") and "500" not in r.name and "adaptive" not in r.name and "exact" not in r.name
+    ]
     head = max((by[n] for n in fast_names), key=lambda r: r.reviews_per_s)  # fast engine at --steps
     fast500 = by[head.name.replace("fast", "fast 500 steps", 1)]
     agreement = {
@@ -532,8 +682,10 @@ def compare(results: list[CaseResult], a: argparse.Namespace, arbiter) -> tuple[
         "steps": (head, f"{head.name} ({a.steps} steps, gausslegendre, {head.batch_size} reviews/call)"),
         # The served default. Its cost does not depend on steps, so every step count is "equal
         # steps"; Captum batched is timed at --steps, Captum's default and its cheapest setting.
-        "exact": (exact, f"{exact.name} (the served default, {exact.batch_size} reviews/call) vs Captum "
-                         f"batched at {a.steps} steps"),
+        "exact": (
+            exact,
+            f"{exact.name} (the served default, {exact.batch_size} reviews/call) vs Captum batched at {a.steps} steps",
+        ),
     }
     chosen, refers_to = headlines[a.headline]
     summary = {
@@ -541,9 +693,12 @@ def compare(results: list[CaseResult], a: argparse.Namespace, arbiter) -> tuple[
         "speedup_vs_captum_batched": chosen.reviews_per_s / batched.reviews_per_s,
         "rel_delta_p90": chosen.rel_delta_p90,
         "refers_to": refers_to,
-        "fixed_steps": {"speedup_vs_tutorial": head.reviews_per_s / tutorial.reviews_per_s,
-                        "speedup_vs_captum_batched": head.reviews_per_s / batched.reviews_per_s,
-                        "rel_delta_p90": head.rel_delta_p90, "steps": a.steps},
+        "fixed_steps": {
+            "speedup_vs_tutorial": head.reviews_per_s / tutorial.reviews_per_s,
+            "speedup_vs_captum_batched": head.reviews_per_s / batched.reviews_per_s,
+            "rel_delta_p90": head.rel_delta_p90,
+            "steps": a.steps,
+        },
     }
 
     print()
@@ -551,20 +706,26 @@ def compare(results: list[CaseResult], a: argparse.Namespace, arbiter) -> tuple[
     print()
     if a.tutorial_n < a.n:
         print(f"The tutorial way was timed on the first {a.tutorial_n} of the {a.n} reviews (one review per call).")
-    print(f"Max relative difference of attributions (max|fast - captum| / max|captum| per review): "
-          f"{agreement[f'fast_vs_captum_batched_{a.steps}_steps']:.1e} vs Captum batched at {a.steps} steps, "
-          f"{agreement['fast_500_vs_tutorial']:.1e} vs the tutorial way at 500 steps.")
+    print(
+        f"Max relative difference of attributions (max|fast - captum| / max|captum| per review): "
+        f"{agreement[f'fast_vs_captum_batched_{a.steps}_steps']:.1e} vs Captum batched at {a.steps} steps, "
+        f"{agreement['fast_500_vs_tutorial']:.1e} vs the tutorial way at 500 steps."
+    )
     per = agreement["per_review_vs_captum_batched"]
-    print(f"Per review vs Captum batched: p50 {per['p50']:.1e}, p99 {per['p99']:.1e}, max {per['max']:.1e}; "
-          f"{per['over_1e-5']} of {per['reviews']} reviews differ by more than 1e-5.")
+    print(
+        f"Per review vs Captum batched: p50 {per['p50']:.1e}, p99 {per['p99']:.1e}, max {per['max']:.1e}; "
+        f"{per['over_1e-5']} of {per['reviews']} reviews differ by more than 1e-5."
+    )
     if "arbitrated" in per:
         arb = per["arbitrated"]
         tok = arb["per_token_id"]
-        print(f"On {arb['reviews']} of them, against Captum in float64: fast (float32) {arb['fast_float32_vs_captum_float64']:.1e}, "
-              f"Captum (float32) {arb['captum_float32_vs_captum_float64']:.1e}. Summed per token id (the same whichever copy "
-              f"of a repeated window wins a tie): fast vs Captum {tok['fast_float32_vs_captum_float32']:.1e}, fast vs "
-              f"Captum float64 {tok['fast_float32_vs_captum_float64']:.1e}, Captum vs Captum float64 "
-              f"{tok['captum_float32_vs_captum_float64']:.1e}.")
+        print(
+            f"On {arb['reviews']} of them, against Captum in float64: fast (float32) {arb['fast_float32_vs_captum_float64']:.1e}, "
+            f"Captum (float32) {arb['captum_float32_vs_captum_float64']:.1e}. Summed per token id (the same whichever copy "
+            f"of a repeated window wins a tie): fast vs Captum {tok['fast_float32_vs_captum_float32']:.1e}, fast vs "
+            f"Captum float64 {tok['fast_float32_vs_captum_float64']:.1e}, Captum vs Captum float64 "
+            f"{tok['captum_float32_vs_captum_float64']:.1e}."
+        )
     return agreement, summary
 
 
@@ -586,18 +747,22 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"token lengths: {stats}", flush=True)
 
     results, agreement, summary = [], {}, {}
-    for case in ([] if a.serve_only else in_process_cases(a)):
+    for case in [] if a.serve_only else in_process_cases(a):
         res = run_case(model, token_lists, vocab, case, a.device)
-        print(f"  {res.name:24s} {res.reviews_per_s:12,.1f} reviews/s  p90 rel delta {res.rel_delta_p90:.1e}", flush=True)
+        print(
+            f"  {res.name:24s} {res.reviews_per_s:12,.1f} reviews/s  p90 rel delta {res.rel_delta_p90:.1e}", flush=True
+        )
         results.append(res)
     if results:
-        agreement, summary = compare(results, a, lambda fast, captum: arbitrate(
-            model, token_lists, vocab, fast, captum, a.steps, a.device))
+        agreement, summary = compare(
+            results, a, lambda fast, captum: arbitrate(model, token_lists, vocab, fast, captum, a.steps, a.device)
+        )
     serve_rows, handler_rows = [], []
     if a.serve:
         print("\n## Through TorchServe", flush=True)
-        serve_rows = serve_bench(artifacts, texts, a.serve_batch, a.max_batch_delay,
-                                 a.concurrency, a.requests, a.worker_threads)
+        serve_rows = serve_bench(
+            artifacts, texts, a.serve_batch, a.max_batch_delay, a.concurrency, a.requests, a.worker_threads
+        )
         print()
         print(serve_table(serve_rows))
         handler_rows = handler_bench(artifacts, texts, a.serve_batch, a.requests)
@@ -611,8 +776,14 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine,
-        "inputs": {"split": "test", "seed": a.seed, "lengths": a.lengths, "min_len": MIN_LEN, "max_tokens": MAX_TOKENS,
-                   "token_lengths": stats},
+        "inputs": {
+            "split": "test",
+            "seed": a.seed,
+            "lengths": a.lengths,
+            "min_len": MIN_LEN,
+            "max_tokens": MAX_TOKENS,
+            "token_lengths": stats,
+        },
         "in_process": [{k: v for k, v in asdict(r).items() if k != "attributions"} for r in results],
         "agreement": agreement,
         "summary": summary,
@@ -626,11 +797,15 @@ def main(argv: list[str] | None = None) -> dict:
     if not summary:
         return report
     fixed = summary["fixed_steps"]
-    print(f"fast engine at {fixed['steps']} gausslegendre steps: {fixed['speedup_vs_tutorial']:.1f}x the tutorial way, "
-          f"{fixed['speedup_vs_captum_batched']:.1f}x Captum batched at equal steps, rel_delta_p90={fixed['rel_delta_p90']:.2e}")
+    print(
+        f"fast engine at {fixed['steps']} gausslegendre steps: {fixed['speedup_vs_tutorial']:.1f}x the tutorial way, "
+        f"{fixed['speedup_vs_captum_batched']:.1f}x Captum batched at equal steps, rel_delta_p90={fixed['rel_delta_p90']:.2e}"
+    )
     print(f"last line: {summary['refers_to']}")
-    print(f"speedup_vs_tutorial={summary['speedup_vs_tutorial']:.1f} "
-          f"speedup_vs_captum_batched={summary['speedup_vs_captum_batched']:.1f} rel_delta_p90={summary['rel_delta_p90']:.2e}")
+    print(
+        f"speedup_vs_tutorial={summary['speedup_vs_tutorial']:.1f} "
+        f"speedup_vs_captum_batched={summary['speedup_vs_captum_batched']:.1f} rel_delta_p90={summary['rel_delta_p90']:.2e}"
+    )
     return report
 
 

@@ -7,6 +7,7 @@ torch-model-archiver flattens --extra-files folders into the archive root, so th
 is staged inside a parent folder: the archive then holds ``handler/`` as a package (imported by the
 entry module ``sentiment_handler.py``) beside the artifacts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACT_FILES = ("weights.safetensors", "model_config.json", "vocab.json", "metrics.json")
 
 
-def build(artifacts: Path, export_path: Path, config: Path = REPO / "model-config.yaml", version: str = "1.0",
-          name: str = "imdb_sentiment", **overrides) -> Path:
+def build(
+    artifacts: Path,
+    export_path: Path,
+    config: Path = REPO / "model-config.yaml",
+    version: str = "1.0",
+    name: str = "imdb_sentiment",
+    **overrides,
+) -> Path:
     """Archive ``artifacts``; ``overrides`` replace top-level model-config keys (e.g. batchSize=1)."""
     artifacts, export_path = Path(artifacts), Path(export_path)
     missing = [f for f in ARTIFACT_FILES[:3] if not (artifacts / f).exists()]
@@ -40,13 +47,24 @@ def build(artifacts: Path, export_path: Path, config: Path = REPO / "model-confi
         shutil.copytree(REPO / "handler", pkg / "handler", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         extra = [str(pkg)] + [str(artifacts / f) for f in ARTIFACT_FILES[1:] if (artifacts / f).exists()]
         archiver = Path(sys.executable).with_name("torch-model-archiver")
-        cmd = [str(archiver) if archiver.exists() else "torch-model-archiver",
-               "--model-name", name, "--version", version,
-               "--handler", str(pkg / "handler" / "sentiment_handler.py"),
-               "--serialized-file", str(artifacts / "weights.safetensors"),
-               "--extra-files", ",".join(extra),
-               "--config-file", str(config),
-               "--export-path", str(export_path), "--force"]
+        cmd = [
+            str(archiver) if archiver.exists() else "torch-model-archiver",
+            "--model-name",
+            name,
+            "--version",
+            version,
+            "--handler",
+            str(pkg / "handler" / "sentiment_handler.py"),
+            "--serialized-file",
+            str(artifacts / "weights.safetensors"),
+            "--extra-files",
+            ",".join(extra),
+            "--config-file",
+            str(config),
+            "--export-path",
+            str(export_path),
+            "--force",
+        ]
         # The archiver stages in $TMPDIR/<model name>: a private TMPDIR lets builds run side by side.
         subprocess.run(cmd, check=True, env={**os.environ, "TMPDIR": stage})
     return export_path / f"{name}.mar"

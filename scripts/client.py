@@ -2,6 +2,7 @@
 
 Runs the imdb-explain client (imdb_client/client.py) from a checkout, installed or not; see --help.
 """
+
 import sys
 from pathlib import Path
 

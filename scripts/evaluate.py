@@ -5,6 +5,7 @@ usage: python scripts/evaluate.py [--artifacts model_store/artifacts] [--data PA
 --data takes the IMDB tarball or an aclImdb folder (its test split is used), or a TSV file of
 ``label<TAB>text`` lines (label pos/neg or 1/0). Without it, the data is found as in training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = evaluate(Path(a.artifacts), split, a.max_tokens)
     c = result["confusion"]
     print(f"accuracy {result['accuracy']:.4f} on {result['n']} reviews ({result['seconds']}s)")
-    print(f"{'':>10} pred pos  pred neg\ntrue pos {c['true_pos_pred_pos']:>9} {c['true_pos_pred_neg']:>9}\n"
-          f"true neg {c['true_neg_pred_pos']:>9} {c['true_neg_pred_neg']:>9}")
+    print(
+        f"{'':>10} pred pos  pred neg\ntrue pos {c['true_pos_pred_pos']:>9} {c['true_pos_pred_neg']:>9}\n"
+        f"true neg {c['true_neg_pred_pos']:>9} {c['true_neg_pred_neg']:>9}"
+    )
     print(json.dumps(result))
     return result
 

@@ -4,6 +4,7 @@ Lookup order: an explicit path, $IMDB_DATA, ../shared/data/aclImdb_v1.tar.gz (be
 else a download from the official Stanford address into ./data/. The tarball is read in place
 (no extraction); a folder in the aclImdb layout, or a TSV of ``label<TAB>text``, works as well.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,7 +74,7 @@ def load(path: Path, splits: tuple[str, ...] = ("train", "test")) -> dict[str, S
     found: dict[str, list[tuple[str, int, str]]] = {s: [] for s in splits}
     if path.is_dir():
         for split in splits:
-            folder, labels = (("train", ("unsup",)) if split == "unsup" else (split, ("neg", "pos")))
+            folder, labels = ("train", ("unsup",)) if split == "unsup" else (split, ("neg", "pos"))
             for label in labels:
                 for f in sorted((path / folder / label).glob("*.txt")):
                     found[split].append((f.name, LABELS[label], f.read_text(encoding="utf-8")))

@@ -6,6 +6,7 @@ Reviews: five IMDB test reviews (short ones, both labels), explained in-process 
 (``imdb-explain --local``). The report is screenshot by headless Chromium; the terminal output is
 recorded by rich as SVG and screenshot the same way. Needs Debian's ``chromium``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,20 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import imdb_data  # noqa: E402
-from imdb_client.client import Review, explain_in_process, render_html, render_terminal  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+from imdb_client.client import Review, explain_in_process, render_html, render_terminal  # noqa: E402
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 
 
 def pick_reviews(data: str | None, per_label: int = 3, max_chars: int = 420) -> list[Review]:
@@ -33,16 +43,29 @@ def pick_reviews(data: str | None, per_label: int = 3, max_chars: int = 420) -> 
     picked: list[Review] = []
     for label in (0, 1):
         short = [i for i, (t, y) in enumerate(zip(test.texts, test.labels)) if y == label and len(t) < max_chars]
-        for i in short[: per_label]:
-            picked.append(Review(test.texts[i], name=f"test/{'pos' if label else 'neg'}/#{i}", label="pos" if label else "neg"))
+        for i in short[:per_label]:
+            picked.append(
+                Review(test.texts[i], name=f"test/{'pos' if label else 'neg'}/#{i}", label="pos" if label else "neg")
+            )
     return picked
 
 
 def screenshot(page: Path, png: Path, width: int, height: int) -> None:
     exe = shutil.which("chromium") or sys.exit("chromium is needed (apt-get install chromium)")
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}",
-                        f"--window-size={width},{height}", page.as_uri()], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                exe,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--screenshot={png}",
+                f"--window-size={width},{height}",
+                page.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

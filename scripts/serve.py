@@ -7,6 +7,7 @@ TorchServe writes logs/ and key_file.json into its working directory and keeps i
 $TMPDIR, so each instance gets its own working directory and TMPDIR (``<workdir>/tmp``). The same
 functions start the throw-away servers of the integration tests and the benchmark.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,13 @@ def isolated_config(dest: Path, source: Path = REPO / "config.properties", **ove
     """
     worker_port = next(p for p in iter(free_port, None) if not Path(f"/tmp/.ts.sock.{p}").exists())
     values = {f"{api}_address": f"http://127.0.0.1:{free_port()}" for api in ("inference", "management", "metrics")}
-    values.update(grpc_inference_port=str(free_port()), grpc_management_port=str(free_port()),
-                  initial_worker_port=str(worker_port), metrics_config=str(REPO / "metrics.yaml"), **overrides)
+    values.update(
+        grpc_inference_port=str(free_port()),
+        grpc_management_port=str(free_port()),
+        initial_worker_port=str(worker_port),
+        metrics_config=str(REPO / "metrics.yaml"),
+        **overrides,
+    )
     text = Path(source).read_text()
     for key, value in values.items():
         text, found = re.subn(rf"^{key}=.*$", f"{key}={value}", text, flags=re.M)
@@ -75,8 +81,14 @@ def read_addresses(config: Path) -> dict[str, str]:
         if "=" in line and not line.lstrip().startswith("#"):
             k, v = line.split("=", 1)
             props[k.strip()] = v.strip()
-    return {k: props.get(f"{k}_address", d) for k, d in
-            (("inference", "http://127.0.0.1:8080"), ("management", "http://127.0.0.1:8081"), ("metrics", "http://127.0.0.1:8082"))}
+    return {
+        k: props.get(f"{k}_address", d)
+        for k, d in (
+            ("inference", "http://127.0.0.1:8080"),
+            ("management", "http://127.0.0.1:8081"),
+            ("metrics", "http://127.0.0.1:8082"),
+        )
+    }
 
 
 def _bin(name: str) -> str:
@@ -96,22 +108,37 @@ def start(workdir: Path, config: Path, model_store: Path, timeout: float = 600, 
     workdir = Path(workdir).resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     addr = read_addresses(config)
-    cmd = [_bin("torchserve"), "--start", "--ncs", "--ts-config", str(Path(config).resolve()),
-           "--model-store", str(Path(model_store).resolve())]
+    cmd = [
+        _bin("torchserve"),
+        "--start",
+        "--ncs",
+        "--ts-config",
+        str(Path(config).resolve()),
+        "--model-store",
+        str(Path(model_store).resolve()),
+    ]
     if models:
         cmd += ["--models", models]
     # The JVM outlives this call: give it a log file, not our stdout (a pipe would never close).
     (workdir / "logs").mkdir(exist_ok=True)
     with open(workdir / "logs" / "torchserve.out", "ab") as out:
-        subprocess.run(cmd, cwd=workdir, env=_env(workdir), check=True,
-                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        subprocess.run(
+            cmd,
+            cwd=workdir,
+            env=_env(workdir),
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     server = Server(workdir, addr["inference"], addr["management"], addr["metrics"])
     deadline = time.time() + timeout
     while time.time() < deadline:
         server.pid = server.pid or _pid(workdir)
         try:
-            req = urllib.request.Request(server.inference + "/ping",
-                                         headers={"Authorization": f"Bearer {server.keys()['inference']}"})
+            req = urllib.request.Request(
+                server.inference + "/ping", headers={"Authorization": f"Bearer {server.keys()['inference']}"}
+            )
             with urllib.request.urlopen(req, timeout=5) as r:
                 if json.loads(r.read()).get("status") == "Healthy" and _model_ready(server):
                     return server
@@ -127,8 +154,10 @@ def start(workdir: Path, config: Path, model_store: Path, timeout: float = 600, 
 def _model_ready(server: Server) -> bool:
     """Healthy /ping comes before the workers load: wait for a READY worker of imdb_sentiment."""
     try:
-        req = urllib.request.Request(server.management + "/models/imdb_sentiment",
-                                     headers={"Authorization": f"Bearer {server.keys()['management']}"})
+        req = urllib.request.Request(
+            server.management + "/models/imdb_sentiment",
+            headers={"Authorization": f"Bearer {server.keys()['management']}"},
+        )
         with urllib.request.urlopen(req, timeout=5) as r:
             return any(w.get("status") == "READY" for m in json.loads(r.read()) for w in m.get("workers", []))
     except (urllib.error.URLError, OSError, ValueError, KeyError):
@@ -188,9 +217,11 @@ def _signal(pid: int, sig: int) -> None:
 
 def curl_hint(server: Server) -> str:
     key = server.keys()["inference"]
-    return (f"curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-            f"--data-binary '{{\"text\": \"It was a fantastic performance !\"}}' "
-            f"{server.inference}/explanations/imdb_sentiment")
+    return (
+        f"curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        f'--data-binary \'{{"text": "It was a fantastic performance !"}}\' '
+        f"{server.inference}/explanations/imdb_sentiment"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ Trains on the 25,000 IMDB training reviews minus a validation split (early stopp
 choice use validation only), then reports accuracy on the 25,000 test reviews. Writes
 weights.safetensors, model_config.json, vocab.json and metrics.json into --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import imdb_data  # noqa: E402
+
 from handler.model import ModelConfig, SentimentCNN, load_model, save_artifacts  # noqa: E402
 from handler.text import Vocab, encode, tokenize  # noqa: E402
 
@@ -59,7 +61,9 @@ def ppmi_svd_vectors(token_lists: list[list[str]], vocab: Vocab, dim: int, windo
         a, b = stream[:-d], stream[d:]
         ok = (a > vocab.pad_idx) & (b > vocab.pad_idx)  # drops separators, <unk> and <pad>
         idx = torch.from_numpy(np.stack([np.concatenate([a[ok], b[ok]]), np.concatenate([b[ok], a[ok]])]))
-        part = torch.sparse_coo_tensor(idx, torch.full((idx.shape[1],), 1.0 / d), (v, v), check_invariants=False).coalesce()
+        part = torch.sparse_coo_tensor(
+            idx, torch.full((idx.shape[1],), 1.0 / d), (v, v), check_invariants=False
+        ).coalesce()
         counts = part if counts is None else (counts + part).coalesce()
     i, c = counts.indices(), counts.values().double()
     row = torch.zeros(v, dtype=torch.float64).index_add_(0, i[0], c)
@@ -91,8 +95,9 @@ def length_buckets(token_lists: list[list[str]], batch_size: int, rng: random.Ra
 
 
 @torch.no_grad()
-def predict_logits(model: SentimentCNN, token_lists: list[list[str]], vocab: Vocab, max_tokens: int,
-                   batch_size: int = 256) -> torch.Tensor:
+def predict_logits(
+    model: SentimentCNN, token_lists: list[list[str]], vocab: Vocab, max_tokens: int, batch_size: int = 256
+) -> torch.Tensor:
     """Logits [N] in the input order."""
     model.eval()
     out = torch.empty(len(token_lists))
@@ -160,7 +165,10 @@ def train(args: argparse.Namespace) -> dict:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
         val_acc = accuracy(predict_logits(model, val_tok, vocab, args.max_tokens), val_y)
         history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val_acc})
-        print(f"epoch {epoch}: train_loss={loss_sum / seen:.4f} train_acc={correct / seen:.4f} val_acc={val_acc:.4f}", flush=True)
+        print(
+            f"epoch {epoch}: train_loss={loss_sum / seen:.4f} train_acc={correct / seen:.4f} val_acc={val_acc:.4f}",
+            flush=True,
+        )
         if val_acc > best_acc:
             best_acc, best_epoch, stale = val_acc, epoch, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -217,10 +225,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--word-vectors", action=argparse.BooleanOptionalAction, default=True,
-                   help="initialise the embedding with PPMI-SVD vectors of the training text")
-    p.add_argument("--unsup", action=argparse.BooleanOptionalAction, default=True,
-                   help="add the 50,000 unlabelled training reviews to the word-vector corpus")
+    p.add_argument(
+        "--word-vectors",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="initialise the embedding with PPMI-SVD vectors of the training text",
+    )
+    p.add_argument(
+        "--unsup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add the 50,000 unlabelled training reviews to the word-vector corpus",
+    )
     p.add_argument("--word-dropout", type=float, default=0.1)
     p.add_argument("--full-precision", action="store_true", help="store the embedding in float32")
     return p.parse_args(argv)

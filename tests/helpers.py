@@ -1,4 +1,5 @@
 """Shared test helpers: a tiny random model written as real artifacts (fast, no training)."""
+
 from __future__ import annotations
 
 import sys
@@ -15,8 +16,10 @@ sys.path.insert(0, str(SCRIPTS))  # the scripts import as modules (train, bench,
 from handler.model import ModelConfig, SentimentCNN, save_artifacts  # noqa: E402
 from handler.text import Vocab, tokenize  # noqa: E402
 
-WORDS = ("it was a fantastic performance ! best film ever such great show horrible movie "
-         "i 've never watched something as bad that is terrible . the plot acting")
+WORDS = (
+    "it was a fantastic performance ! best film ever such great show horrible movie "
+    "i 've never watched something as bad that is terrible . the plot acting"
+)
 
 
 def tiny_artifacts(directory: Path, seed: int = 0, **config) -> Path:

@@ -1,10 +1,11 @@
 """Layer IG: the fast engine against Captum, completeness, adaptivity and fallbacks."""
+
 from dataclasses import replace
 
 import pytest
 import torch
-
 from helpers import SHIPPED
+
 from handler.attribution import IGSettings, layer_ig, prepare_quadrature, quadrature, step_counts
 from handler.model import ModelConfig, SentimentCNN, load_model
 from handler.text import Vocab, encode, tokenize
@@ -89,8 +90,11 @@ def test_copies_of_a_repeated_phrase_get_the_same_attributions(model, dtype):
 
 def test_fast_engine_equals_captum_on_the_shipped_model_and_real_reviews():
     model, vocab = load_model(SHIPPED), Vocab.load(SHIPPED)
-    reviews = ["It was a fantastic performance !", "That is a terrible movie.",
-               "A slow start, but the second half is gripping and the cast is wonderful; I'd watch it again."]
+    reviews = [
+        "It was a fantastic performance !",
+        "That is a terrible movie.",
+        "A slow start, but the second half is gripping and the cast is wonderful; I'd watch it again.",
+    ]
     batch = encode(tokenize(reviews), vocab)
     fast = layer_ig(model, batch.ids, batch.lengths, IGSettings(n_steps=50))
     ref = layer_ig(model, batch.ids, batch.lengths, IGSettings(engine="captum", n_steps=50))
@@ -113,8 +117,13 @@ def test_exact_attributions_are_complete(model):
 def test_captum_converges_to_the_exact_integral_as_steps_grow(model):
     ids, lengths = _random_batch(2)
     exact = layer_ig(model, ids, lengths, IGSettings(method="exact")).attributions
-    errors = [_rel(layer_ig(model, ids, lengths, IGSettings(engine="captum", method="riemann_middle", n_steps=n))
-                   .attributions, exact) for n in (8, 64, 512)]
+    errors = [
+        _rel(
+            layer_ig(model, ids, lengths, IGSettings(engine="captum", method="riemann_middle", n_steps=n)).attributions,
+            exact,
+        )
+        for n in (8, 64, 512)
+    ]
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 2e-3
 
@@ -135,8 +144,12 @@ def test_adaptive_mode_raises_steps_until_relative_delta_is_under_tolerance(mode
     assert (adaptive.n_steps >= 4).all() and (adaptive.n_steps > 4).any()
     # rows that needed more steps equal a fixed run at the steps they report
     row = int(adaptive.n_steps.argmax())
-    again = layer_ig(model, ids[row:row + 1], lengths[row:row + 1],
-                     IGSettings(n_steps=int(adaptive.n_steps[row]), max_steps=1024))
+    again = layer_ig(
+        model,
+        ids[row : row + 1],
+        lengths[row : row + 1],
+        IGSettings(n_steps=int(adaptive.n_steps[row]), max_steps=1024),
+    )
     width = int(lengths[row])
     assert torch.allclose(adaptive.attributions[row, :width], again.attributions[0, :width], atol=1e-6)
 
@@ -215,7 +228,12 @@ def test_adaptive_step_counts_double_up_to_the_maximum_and_are_prepared_ahead():
 
 
 def test_settings_reject_unknown_engine_method_and_steps():
-    for bad in ({"engine": "magic"}, {"method": "simpson"}, {"n_steps": 1}, {"n_steps": 5000},
-                {"engine": "captum", "method": "exact"}):
+    for bad in (
+        {"engine": "magic"},
+        {"method": "simpson"},
+        {"n_steps": 1},
+        {"n_steps": 5000},
+        {"engine": "captum", "method": "exact"},
+    ):
         with pytest.raises(ValueError):
             IGSettings(**bad)

@@ -1,5 +1,6 @@
 """The imdb-explain client without a server: rendering (HTML, terminal), inputs, and its error
 messages against a free port and a tiny loopback HTTP stub."""
+
 from __future__ import annotations
 
 import io
@@ -30,11 +31,24 @@ HOSTILE = "<script>alert(1)</script>"
 
 def explanation(tokens: list[str], normalized: list[float], label: str = "pos") -> dict:
     """A response shaped like /explanations (raw attributions = 2 x normalized, for a visible sum)."""
-    return {"label": label, "score": 0.9 if label == "pos" else 0.1, "probabilities": {"neg": 0.1, "pos": 0.9},
-            "logit": 2.2, "n_tokens": len(tokens), "truncated": False, "unknown_tokens": 0,
-            "tokens": tokens, "attributions": [2 * v for v in normalized], "attributions_normalized": normalized,
-            "delta": 1e-5, "reference_logit": 0.1, "target": "logit", "method": "gausslegendre",
-            "n_steps": 50, "engine": "fast"}
+    return {
+        "label": label,
+        "score": 0.9 if label == "pos" else 0.1,
+        "probabilities": {"neg": 0.1, "pos": 0.9},
+        "logit": 2.2,
+        "n_tokens": len(tokens),
+        "truncated": False,
+        "unknown_tokens": 0,
+        "tokens": tokens,
+        "attributions": [2 * v for v in normalized],
+        "attributions_normalized": normalized,
+        "delta": 1e-5,
+        "reference_logit": 0.1,
+        "target": "logit",
+        "method": "gausslegendre",
+        "n_steps": 50,
+        "engine": "fast",
+    }
 
 
 class TreeCheck(HTMLParser):
@@ -68,9 +82,11 @@ def parse(page: str) -> TreeCheck:
 
 
 def test_html_report_is_balanced_and_self_contained():
-    rows = [(Review("A fantastic film", "pos/1.txt", "pos"), explanation(["a", "fantastic", "film"], [0.1, 0.9, -0.4])),
-            (Review("dull", "", None), {"label": "neg", "score": 0.2, "logit": -1.4}),  # --predict answer
-            (Review(" ", "x", None), {"code": 400, "type": "BadRequest", "message": "review text is empty"})]
+    rows = [
+        (Review("A fantastic film", "pos/1.txt", "pos"), explanation(["a", "fantastic", "film"], [0.1, 0.9, -0.4])),
+        (Review("dull", "", None), {"label": "neg", "score": 0.2, "logit": -1.4}),  # --predict answer
+        (Review(" ", "x", None), {"code": 400, "type": "BadRequest", "message": "review text is empty"}),
+    ]
     page = render_html(rows)
     tree = parse(page)
     assert page.startswith("<!DOCTYPE html>")
@@ -85,9 +101,11 @@ def test_html_report_is_balanced_and_self_contained():
 
 def test_html_escapes_hostile_tokens_text_and_names():
     hostile_tokens = [HOSTILE, '"><img src=x onerror=alert(2)>', "&amp;"]
-    rows = [(Review(HOSTILE, f"dir/{HOSTILE}.txt", "pos"), explanation(hostile_tokens, [0.5, -0.5, 0.1])),
-            (Review(HOSTILE, "", None), {"label": "neg", "score": 0.2, "logit": -1.4}),
-            (Review(HOSTILE, "", None), {"code": 400, "message": HOSTILE})]
+    rows = [
+        (Review(HOSTILE, f"dir/{HOSTILE}.txt", "pos"), explanation(hostile_tokens, [0.5, -0.5, 0.1])),
+        (Review(HOSTILE, "", None), {"label": "neg", "score": 0.2, "logit": -1.4}),
+        (Review(HOSTILE, "", None), {"code": 400, "message": HOSTILE}),
+    ]
     page = render_html(rows)
     tree = parse(page)
     tags = {t for t, _ in tree.tags}
@@ -122,7 +140,7 @@ def test_colored_and_plain_tokens():
     result = explanation(["a", "fantastic", "bore"], [0.01, 0.9, -0.4])
     text = colored_tokens(result)
     assert text.plain == "a fantastic bore"
-    styles = {text.plain[s.start:s.end]: s.style for s in text.spans}
+    styles = {text.plain[s.start : s.end]: s.style for s in text.spans}
     assert styles["fantastic"].bgcolor.triplet.green > styles["fantastic"].bgcolor.triplet.red
     assert styles["bore"].bgcolor.triplet.red > styles["bore"].bgcolor.triplet.green
     assert plain_tokens(result) == "a fantastic[+0.90] bore[-0.40]"
@@ -137,10 +155,17 @@ def test_read_reviews_forms(tmp_path):
         (tmp_path / "data" / label / name).write_text(text)
     lines = tmp_path / "many.txt"
     lines.write_text("first review\n\nsecond review\n")
-    got = read_reviews([str(tmp_path / "data"), str(lines), "-", "just text"], label="pos",
-                       stdin=io.StringIO("from stdin"))
-    assert [(r.text, r.label) for r in got] == [("awful", "neg"), ("great", "pos"), ("first review", "pos"),
-                                                ("second review", "pos"), ("from stdin", "pos"), ("just text", "pos")]
+    got = read_reviews(
+        [str(tmp_path / "data"), str(lines), "-", "just text"], label="pos", stdin=io.StringIO("from stdin")
+    )
+    assert [(r.text, r.label) for r in got] == [
+        ("awful", "neg"),
+        ("great", "pos"),
+        ("first review", "pos"),
+        ("second review", "pos"),
+        ("from stdin", "pos"),
+        ("just text", "pos"),
+    ]
     assert got[3].name.endswith("many.txt:3") and got[0].name.endswith("2_1.txt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ClientError, match="no .txt files"):
@@ -149,8 +174,11 @@ def test_read_reviews_forms(tmp_path):
 
 def test_endpoint_precedence(tmp_path, monkeypatch):
     keys = tmp_path / "key_file.json"
-    keys.write_text(json.dumps({"inference": {"key": "from-file", "expiration time": "2030-01-01T00:00:00Z"},
-                                "management": {"key": "m"}}))
+    keys.write_text(
+        json.dumps(
+            {"inference": {"key": "from-file", "expiration time": "2030-01-01T00:00:00Z"}, "management": {"key": "m"}}
+        )
+    )
     monkeypatch.delenv("IMDB_TOKEN", raising=False)
     monkeypatch.delenv("IMDB_URL", raising=False)
     ep = resolve_endpoint(None, None, str(keys))
@@ -209,8 +237,14 @@ def stub():
 def test_wrong_token_says_so_and_where_it_came_from(stub, tmp_path, capsys):
     keys = tmp_path / "key_file.json"
     keys.write_text(json.dumps({"inference": {"key": "stale"}, "management": {"key": "m"}}))
-    stub.answer = (400, {"code": 400, "type": "InvalidKeyException",
-                         "message": "Token Authorization failed. Token either incorrect, expired, or not provided correctly"})
+    stub.answer = (
+        400,
+        {
+            "code": 400,
+            "type": "InvalidKeyException",
+            "message": "Token Authorization failed. Token either incorrect, expired, or not provided correctly",
+        },
+    )
     assert main(["--url", stub.url, "--key-file", str(keys), "a film", "another"]) == 1
     err = capsys.readouterr().err
     assert "wrong or expired" in err and str(keys) in err and stub.url in err
@@ -231,12 +265,25 @@ def test_other_4xx_shows_the_server_message_and_goes_on(stub, capsys, monkeypatc
     out, err = capsys.readouterr()
     assert "'n_steps' must be between 2 and 1024" in err and "400" in err
     assert "fantastic[+0.90]" in out  # the good review is still shown (stdout is not a terminal here)
-    assert [s[2] for s in stub.seen] == [{"text": "bad", "n_steps": 5000}, {"text": "a fantastic film", "n_steps": 5000}]
+    assert [s[2] for s in stub.seen] == [
+        {"text": "bad", "n_steps": 5000},
+        {"text": "a fantastic film", "n_steps": 5000},
+    ]
 
 
 def test_predict_and_html_against_stub(stub, tmp_path, capsys):
-    stub.answer = (200, {"label": "pos", "score": 0.8, "probabilities": {"neg": 0.2, "pos": 0.8}, "logit": 1.4,
-                         "n_tokens": 1, "truncated": False, "unknown_tokens": 0})
+    stub.answer = (
+        200,
+        {
+            "label": "pos",
+            "score": 0.8,
+            "probabilities": {"neg": 0.2, "pos": 0.8},
+            "logit": 1.4,
+            "n_tokens": 1,
+            "truncated": False,
+            "unknown_tokens": 0,
+        },
+    )
     report = tmp_path / "r.html"
     assert main(["--url", stub.url, "--token", "k", "--predict", "--html", str(report), HOSTILE]) == 0
     assert stub.seen[0][0] == "/predictions/imdb_sentiment"

@@ -4,6 +4,7 @@ TorchServe's MockContext has no request headers, so it never enters the explain 
 Context with one RequestProcessor per request does, exactly as the worker builds it. The tiny
 model is random: these tests check the serving logic, not the shipped model's answers.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO, tiny_artifacts
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-from helpers import REPO, tiny_artifacts
 from handler.sentiment_handler import SentimentHandler
 from handler.text import Vocab
+
 MODEL = "imdb_sentiment"
 CORPUS = [
     "It was a fantastic performance !",
@@ -56,16 +58,18 @@ def make_context(model_dir: Path, metrics: MetricsCacheYamlImpl, headers: list[d
     """A Context as TorchServe's worker builds it for one batch: one RequestProcessor per request."""
     model_yaml = yaml.safe_load((REPO / "model-config.yaml").read_text())
     manifest = {"model": {"modelName": MODEL, "modelVersion": "1.0"}}
-    ctx = Context(MODEL, str(model_dir), manifest, len(headers), None, "0.12.0",
-                  metrics=metrics, model_yaml_config=model_yaml)
+    ctx = Context(
+        MODEL, str(model_dir), manifest, len(headers), None, "0.12.0", metrics=metrics, model_yaml_config=model_yaml
+    )
     ctx.request_processor = [RequestProcessor(h) for h in headers]
     ctx.request_ids = {i: str(i) for i in range(len(headers))}
     metrics.set_request_ids(ctx.request_ids)
     return ctx
 
 
-def serve(handler: SentimentHandler, model_dir: Path, metrics: MetricsCacheYamlImpl,
-          rows: list[Row]) -> tuple[list[dict], list[int]]:
+def serve(
+    handler: SentimentHandler, model_dir: Path, metrics: MetricsCacheYamlImpl, rows: list[Row]
+) -> tuple[list[dict], list[int]]:
     """Answer one batch; returns the bodies and each request's HTTP status."""
     ctx = make_context(model_dir, metrics, [{"explain": "True" if explain else "False"} for _, explain in rows])
     out = handler.handle([{"body": body} for body, _ in rows], ctx)
@@ -86,8 +90,14 @@ def assert_complete(answer: dict) -> None:
 
 
 def test_mixed_batch_explains_only_the_requests_with_the_explain_header(run) -> None:
-    out, status = run([(b"It was a fantastic performance !", True), ("Best film ever", False),
-                       ({"text": "It was a horrible movie"}, True), (b'{"text": "Such a great show!"}', False)])
+    out, status = run(
+        [
+            (b"It was a fantastic performance !", True),
+            ("Best film ever", False),
+            ({"text": "It was a horrible movie"}, True),
+            (b'{"text": "Such a great show!"}', False),
+        ]
+    )
     assert status == [200] * 4
     assert [("attributions" in o) for o in out] == [True, False, True, False]
     assert out[0]["tokens"] == ["it", "was", "a", "fantastic", "performance", "!"]
@@ -154,9 +164,13 @@ def test_attributions_are_complete(run) -> None:
 
 
 def test_request_options_choose_steps_and_method(run) -> None:
-    out, status = run([({"text": CORPUS[6], "method": "gausslegendre", "n_steps": 8, "adaptive": False}, True),
-                       ({"text": CORPUS[6], "method": "exact"}, True),
-                       ({"text": CORPUS[6], "method": "gausslegendre", "adaptive": True}, True)])
+    out, status = run(
+        [
+            ({"text": CORPUS[6], "method": "gausslegendre", "n_steps": 8, "adaptive": False}, True),
+            ({"text": CORPUS[6], "method": "exact"}, True),
+            ({"text": CORPUS[6], "method": "gausslegendre", "adaptive": True}, True),
+        ]
+    )
     assert status == [200] * 3
     assert [(o["method"], o["n_steps"]) for o in out[:2]] == [("gausslegendre", 8), ("exact", 0)]
     assert out[2]["n_steps"] >= 50 and out[2]["method"] == "gausslegendre"
@@ -204,25 +218,43 @@ def v2_body(*texts, name: str = "input-0", **extra) -> dict:
 def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shape(run, handler, monkeypatch) -> None:
     counted: list[tuple[str, float]] = []
     monkeypatch.setattr(handler, "_metric", lambda name, value, unit, gauge=False: counted.append((name, value)))
-    rows = [(CORPUS[0], False),
-            ({"instances": [{"text": CORPUS[1]}, CORPUS[3]]}, False),
-            (v2_body(CORPUS[2], CORPUS[4], id="req-9"), True),
-            ({"instances": [{"text": CORPUS[6], "method": "gausslegendre"}]}, True),
-            (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["Best film ever"]}]}', False)]
+    rows = [
+        (CORPUS[0], False),
+        ({"instances": [{"text": CORPUS[1]}, CORPUS[3]]}, False),
+        (v2_body(CORPUS[2], CORPUS[4], id="req-9"), True),
+        ({"instances": [{"text": CORPUS[6], "method": "gausslegendre"}]}, True),
+        (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["Best film ever"]}]}', False),
+    ]
     out, status = run(rows)
     assert status == [200] * 5
     assert out[0]["label"] in ("neg", "pos") and "attributions" not in out[0]
     assert list(out[1]) == ["predictions"] and len(out[1]["predictions"]) == 2
     assert list(out[3]) == ["explanations"] and out[3]["explanations"][0]["method"] == "gausslegendre"
-    assert {k: out[2][k] for k in ("id", "model_name", "model_version")} == {"id": "req-9", "model_name": MODEL,
-                                                                          "model_version": "1.0"}
+    assert {k: out[2][k] for k in ("id", "model_name", "model_version")} == {
+        "id": "req-9",
+        "model_name": MODEL,
+        "model_version": "1.0",
+    }
     (output,) = out[2]["outputs"]
     assert (output["name"], output["shape"], output["datatype"], len(output["data"])) == ("input-0", [2], "BYTES", 2)
     assert out[4]["id"] == "4" and out[4]["outputs"][0]["name"] == "a"  # no body id: TorchServe's request id
     # every review is answered as when alone, and explained only in the explain requests
-    together = [out[0], *out[1]["predictions"], *output["data"], *out[3]["explanations"], out[4]["outputs"][0]["data"][0]]
-    alone_rows = [(CORPUS[0], False), (CORPUS[1], False), (CORPUS[3], False), (CORPUS[2], True), (CORPUS[4], True),
-                  ({"text": CORPUS[6], "method": "gausslegendre"}, True), (CORPUS[1], False)]
+    together = [
+        out[0],
+        *out[1]["predictions"],
+        *output["data"],
+        *out[3]["explanations"],
+        out[4]["outputs"][0]["data"][0],
+    ]
+    alone_rows = [
+        (CORPUS[0], False),
+        (CORPUS[1], False),
+        (CORPUS[3], False),
+        (CORPUS[2], True),
+        (CORPUS[4], True),
+        ({"text": CORPUS[6], "method": "gausslegendre"}, True),
+        (CORPUS[1], False),
+    ]
     for (body, explain), answer in zip(alone_rows, together):
         alone = run([(body, explain)])[0][0]
         assert ("attributions" in answer) == explain
@@ -234,10 +266,14 @@ def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shap
 
 
 def test_kserve_bad_instances_are_answered_inline_and_fail_the_request_only_when_all_fail(run) -> None:
-    out, status = run([({"instances": [{"text": 5}, CORPUS[1], ""]}, False),
-                       (v2_body("", "<br />"), True),
-                       ({"instances": [{"text": 5}]}, True),
-                       (CORPUS[0], False)])
+    out, status = run(
+        [
+            ({"instances": [{"text": 5}, CORPUS[1], ""]}, False),
+            (v2_body("", "<br />"), True),
+            ({"instances": [{"text": 5}]}, True),
+            (CORPUS[0], False),
+        ]
+    )
     assert status == [200, 400, 400, 200]
     bad, good, empty = out[0]["predictions"]
     assert bad["code"] == 400 and "string" in bad["message"] and empty["code"] == 400 and good["label"]
@@ -247,8 +283,14 @@ def test_kserve_bad_instances_are_answered_inline_and_fail_the_request_only_when
 
 def test_malformed_kserve_body_is_a_400_for_its_request_alone(run) -> None:
     fp32 = {"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
-    out, status = run([({"instances": []}, False), (fp32, False), ({"instances": ["x"] * 65}, False),
-                       ({"instances": [CORPUS[0]]}, False)])
+    out, status = run(
+        [
+            ({"instances": []}, False),
+            (fp32, False),
+            ({"instances": ["x"] * 65}, False),
+            ({"instances": [CORPUS[0]]}, False),
+        ]
+    )
     assert status == [400, 400, 400, 200]
     assert "non-empty" in out[0]["message"] and "BYTES" in out[1]["message"] and "at most 64" in out[2]["message"]
     assert out[3]["predictions"][0]["label"] in ("neg", "pos")

@@ -8,6 +8,7 @@ stopped by pid (fixture finalizers run also when a test fails). One server per c
   * config.kserve.properties with TorchServe's own kservev2 envelope, on an archive of batchSize 1
     (the envelopes only read request 0 of a batch): old configurations keep working.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from helpers import REPO, SCRIPTS, SHIPPED
 
 sys.path.insert(0, str(SCRIPTS))
@@ -44,11 +44,19 @@ REVIEWS = {
     "A beautiful, moving film with brilliant performances.<br /><br />I loved every minute of it.": "pos",
     "Boring, predictable and far too long. A complete waste of time.<br /><br />Avoid it.": "neg",
 }
-CUSTOM_METRICS = ("ReviewsServed", "ReviewsExplained", "ReviewTokens", "UnknownTokens",
-                  "ExplanationTimeMsPerReview", "RequestErrors")
+CUSTOM_METRICS = (
+    "ReviewsServed",
+    "ReviewsExplained",
+    "ReviewTokens",
+    "UnknownTokens",
+    "ExplanationTimeMsPerReview",
+    "RequestErrors",
+)
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java on PATH")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java on PATH"),
+]
 
 
 @dataclass
@@ -60,10 +68,15 @@ class Client:
         self.auth = {"Authorization": f"Bearer {keys['inference']}"}
         self.management_auth = {"Authorization": f"Bearer {keys['management']}"}
 
-    def post(self, path: str, body: bytes | dict | list | str, content_type: str = "application/json") -> requests.Response:
-        data = body.encode() if isinstance(body, str) else body if isinstance(body, bytes) else json.dumps(body).encode()
-        return requests.post(self.server.inference + path, data=data, timeout=60,
-                             headers={**self.auth, "Content-Type": content_type})
+    def post(
+        self, path: str, body: bytes | dict | list | str, content_type: str = "application/json"
+    ) -> requests.Response:
+        data = (
+            body.encode() if isinstance(body, str) else body if isinstance(body, bytes) else json.dumps(body).encode()
+        )
+        return requests.post(
+            self.server.inference + path, data=data, timeout=60, headers={**self.auth, "Content-Type": content_type}
+        )
 
     def answer(self, kind: str, body: bytes | dict | str, content_type: str = "application/json") -> dict:
         """kind: "predictions" or "explanations"; asserts a 200."""
@@ -123,7 +136,9 @@ def kserve(tmp_path_factory, batching_store: Path) -> Iterator[Client]:
 @pytest.fixture(scope="module")
 def kservev2_envelope(tmp_path_factory, single_store: Path) -> Iterator[Client]:
     d = tmp_path_factory.mktemp("kservev2_envelope")
-    config = serve.isolated_config(d / "config.properties", REPO / "config.kserve.properties", service_envelope="kservev2")
+    config = serve.isolated_config(
+        d / "config.properties", REPO / "config.kserve.properties", service_envelope="kservev2"
+    )
     yield from running(d / "work", config, single_store)
 
 
@@ -238,8 +253,12 @@ BAD_REQUESTS = {  # body, content type, what the message must mention
 def test_a_bad_request_in_a_concurrent_batch_gets_its_4xx_and_the_others_200(ts: Client, kind: str) -> None:
     body, content_type, hint = BAD_REQUESTS[kind]
     good = {"text": "It was a horrible movie"}
-    calls = [lambda: ts.post(f"/explanations/{MODEL}", good), lambda: ts.post(f"/explanations/{MODEL}", body, content_type),
-             lambda: ts.post(f"/predictions/{MODEL}", good), lambda: ts.post(f"/explanations/{MODEL}", good)]
+    calls = [
+        lambda: ts.post(f"/explanations/{MODEL}", good),
+        lambda: ts.post(f"/explanations/{MODEL}", body, content_type),
+        lambda: ts.post(f"/predictions/{MODEL}", good),
+        lambda: ts.post(f"/explanations/{MODEL}", good),
+    ]
     seen = len(ts.log_lines())
     responses = concurrently(calls)
     assert [r.status_code for r in responses] == [200, 400, 200, 200], [r.text for r in responses]
@@ -253,7 +272,9 @@ def test_a_bad_request_in_a_concurrent_batch_gets_its_4xx_and_the_others_200(ts:
 def scrape(client: Client) -> dict[str, float]:
     """Prometheus text -> {metric name: value} for this model's handler metrics."""
     text = requests.get(client.server.metrics + "/metrics", headers=client.auth, timeout=10).text
-    return {m.group(1): float(m.group(2)) for m in re.finditer(rf'^(\w+)\{{ModelName="{MODEL}".*\}} (\S+)$', text, re.M)}
+    return {
+        m.group(1): float(m.group(2)) for m in re.finditer(rf'^(\w+)\{{ModelName="{MODEL}".*\}} (\S+)$', text, re.M)
+    }
 
 
 def test_custom_metrics_are_on_the_metrics_endpoint(ts: Client) -> None:
@@ -268,11 +289,20 @@ def test_custom_metrics_are_on_the_metrics_endpoint(ts: Client) -> None:
 
 
 def test_requests_without_or_with_a_bad_token_are_refused(ts: Client) -> None:
-    urls = [ts.server.inference + "/ping", ts.server.inference + f"/predictions/{MODEL}", ts.server.management + "/models"]
+    urls = [
+        ts.server.inference + "/ping",
+        ts.server.inference + f"/predictions/{MODEL}",
+        ts.server.management + "/models",
+    ]
     for url in urls:
         for headers in ({}, {"Authorization": "Bearer not-the-key"}):
-            r = requests.post(url, data=b"Best film ever", headers={**headers, "Content-Type": "text/plain"}, timeout=10) \
-                if "predictions" in url else requests.get(url, headers=headers, timeout=10)
+            r = (
+                requests.post(
+                    url, data=b"Best film ever", headers={**headers, "Content-Type": "text/plain"}, timeout=10
+                )
+                if "predictions" in url
+                else requests.get(url, headers=headers, timeout=10)
+            )
             # TorchServe 0.12 answers a failed token check with 400 InvalidKeyException.
             assert r.status_code == 400 and "Token Authorization failed" in r.json()["message"], (url, r.text)
     assert requests.get(urls[0], headers=ts.auth, timeout=10).json() == {"status": "Healthy"}
@@ -337,7 +367,7 @@ def test_kserve_predict_and_explain_answer_each_instance(kserve: Client, flavour
 def test_eight_concurrent_kserve_requests_are_batched_and_answered_as_when_alone(kserve: Client) -> None:
     texts = [*TUTORIAL, *REVIEWS]
     kinds = [("v1", False), ("v1", True), ("v2", False), ("v2", True)] * 2
-    calls = [kserve_call(flavour, texts[k:k + 2], explain) for k, (flavour, explain) in enumerate(kinds)]
+    calls = [kserve_call(flavour, texts[k : k + 2], explain) for k, (flavour, explain) in enumerate(kinds)]
     alone = [kserve_answers(f, kserve.post(*call), e) for (f, e), call in zip(kinds, calls)]
     seen = len(kserve.log_lines())
     responses = concurrently([lambda call=call: kserve.post(*call) for call in calls])
@@ -391,7 +421,11 @@ def test_the_benchmark_load_generator_reads_every_answer_and_counts_the_failures
 
     good, bad = json.dumps({"text": "A fine film."}).encode(), b'{"no_text": 1}'
     for kind in ("predictions", "explanations"):
-        res = bench.drive(f"{ts.server.inference}/{kind}/{MODEL}", ts.auth["Authorization"].split()[1],
-                          [good] * 17 + [bad] * 3, concurrency=4)
+        res = bench.drive(
+            f"{ts.server.inference}/{kind}/{MODEL}",
+            ts.auth["Authorization"].split()[1],
+            [good] * 17 + [bad] * 3,
+            concurrency=4,
+        )
         assert res["requests"] == 20 and res["errors"] == 3, res
         assert res["per_s"] > 0 and 0 < res["p50_ms"] <= res["p99_ms"], res

@@ -1,13 +1,14 @@
 """The CNN: shapes, padding invariance, pickle-free artifacts, and the shipped default model."""
+
 import json
 import struct
 
 import torch
-
 from helpers import SHIPPED, tiny_artifacts
+from train import TUTORIAL_SENTENCES
+
 from handler.model import WEIGHTS_FILE, ModelConfig, SentimentCNN, load_model, predict_logits, token_taps
 from handler.text import Vocab, encode, tokenize
-from train import TUTORIAL_SENTENCES
 
 TUTORIAL = TUTORIAL_SENTENCES  # the Captum tutorial's sentences and labels, as training reports them
 
@@ -91,12 +92,14 @@ def test_tap_table_predictions_equal_the_models_forward_and_follow_weight_change
     lengths = torch.tensor([20, 9, 20, 20])
     with torch.no_grad():
         assert torch.allclose(predict_logits(model, ids, lengths), model(ids, lengths), atol=1e-5)
-        assert torch.allclose(predict_logits(model, ids[1:2, :9], lengths[1:2]), model(ids[1:2, :9], lengths[1:2]), atol=1e-5)
+        assert torch.allclose(
+            predict_logits(model, ids[1:2, :9], lengths[1:2]), model(ids[1:2, :9], lengths[1:2]), atol=1e-5
+        )
         # lengths from 7 to 64 go in several groups; each row as scored alone
         g = torch.Generator().manual_seed(1)
         varied = torch.randint(7, 65, (12,), generator=g)
         long_ids = torch.randint(2, 50, (12, 64), generator=g).masked_fill(torch.arange(64) >= varied.unsqueeze(1), 1)
-        alone = torch.stack([model(long_ids[i:i + 1, : varied[i]], varied[i:i + 1])[0] for i in range(12)])
+        alone = torch.stack([model(long_ids[i : i + 1, : varied[i]], varied[i : i + 1])[0] for i in range(12)])
         assert torch.allclose(predict_logits(model, long_ids, varied), alone, atol=1e-5)
         before = token_taps(model)
         assert token_taps(model) is before  # cached

@@ -1,6 +1,7 @@
 """The HTML report of REAL explanations (the real handler, in this process) opened in headless
 Chromium: its DOM holds every token as text, a hostile review stays text, and the screenshot is
 not blank. Chromium is apt-installed when missing; the tests skip when that is not possible."""
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,20 @@ from imdb_client.client import Review, explain_in_process, render_html
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "model_store" / "artifacts"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
-REVIEWS = [Review("It was a fantastic performance, the best film I have seen this year!", "pos/1.txt", "pos"),
-           Review("A horrible, boring movie. I want my two hours back.", "neg/2.txt", "neg"),
-           Review("<script>alert(1)</script> not bad <b>at all</b>", "hostile", None)]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+REVIEWS = [
+    Review("It was a fantastic performance, the best film I have seen this year!", "pos/1.txt", "pos"),
+    Review("A horrible, boring movie. I want my two hours back.", "neg/2.txt", "neg"),
+    Review("<script>alert(1)</script> not bad <b>at all</b>", "hostile", None),
+]
 
 
 def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -35,7 +45,10 @@ def chromium(tmp_path_factory) -> list[str]:
         if shutil.which("apt-get") is None or os.geteuid() != 0:
             pytest.skip("chromium is not installed and apt-get as root is not available")
         try:
-            for cmd, limit in ((["apt-get", "update", "-q"], 300), (["apt-get", "install", "-y", "-q", "chromium"], 900)):
+            for cmd, limit in (
+                (["apt-get", "update", "-q"], 300),
+                (["apt-get", "install", "-y", "-q", "chromium"], 900),
+            ):
                 done = _run(cmd, limit)
                 if done.returncode != 0:
                     pytest.skip(f"{' '.join(cmd)} failed: {done.stderr[-500:]}")

@@ -1,7 +1,8 @@
 """The shared text pipeline: tokenizing, vocabulary and padding."""
-import torch
 
+import torch
 from helpers import tiny_artifacts  # noqa: F401  (puts the repo on sys.path)
+
 from handler.text import PAD, UNK, Vocab, encode, tokenize
 
 

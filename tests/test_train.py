@@ -1,12 +1,13 @@
 """A tiny end-to-end training run writes artifacts that serving and evaluation can load."""
+
 import json
 import random
 import sys
 
 import pytest
 import torch
-
 from helpers import SCRIPTS
+
 from handler.model import load_model
 from handler.text import Vocab
 
@@ -39,10 +40,31 @@ def tiny_imdb(tmp_path_factory):
 
 def test_tiny_training_run_writes_loadable_artifacts(tiny_imdb, tmp_path):
     out = tmp_path / "artifacts"
-    args = train.parse_args(["--data", str(tiny_imdb), "--out", str(out), "--epochs", "2", "--val-size", "4",
-                             "--vocab-size", "60", "--batch-size", "8", "--threads", "1"])
+    args = train.parse_args(
+        [
+            "--data",
+            str(tiny_imdb),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--val-size",
+            "4",
+            "--vocab-size",
+            "60",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+        ]
+    )
     metrics = train.train(args)
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model_config.json", "vocab.json", "weights.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.json",
+        "model_config.json",
+        "vocab.json",
+        "weights.safetensors",
+    ]
     model, vocab = load_model(out), Vocab.load(out)
     assert model.embedding.num_embeddings == len(vocab) <= 60
     assert json.loads((out / "metrics.json").read_text())["n_test"] == 32 == metrics["n_test"]
@@ -55,15 +77,34 @@ def test_tiny_training_run_writes_loadable_artifacts(tiny_imdb, tmp_path):
 def test_training_is_reproducible_with_a_fixed_seed(tiny_imdb, tmp_path):
     runs = []
     for name in ("a", "b"):
-        args = train.parse_args(["--data", str(tiny_imdb), "--out", str(tmp_path / name), "--epochs", "1",
-                                 "--val-size", "4", "--vocab-size", "60", "--threads", "1"])
+        args = train.parse_args(
+            [
+                "--data",
+                str(tiny_imdb),
+                "--out",
+                str(tmp_path / name),
+                "--epochs",
+                "1",
+                "--val-size",
+                "4",
+                "--vocab-size",
+                "60",
+                "--threads",
+                "1",
+            ]
+        )
         train.train(args)
         runs.append(load_model(tmp_path / name).state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
 def test_ppmi_vectors_place_co_occurring_words_together():
-    docs = [["good", "great", "film"], ["great", "good", "show"], ["bad", "awful", "plot"], ["awful", "bad", "acting"]] * 20
+    docs = [
+        ["good", "great", "film"],
+        ["great", "good", "show"],
+        ["bad", "awful", "plot"],
+        ["awful", "bad", "acting"],
+    ] * 20
     vocab = Vocab.build(docs, max_size=50)
     vectors = train.ppmi_svd_vectors(docs, vocab, dim=4, window=2)
     cos = torch.nn.functional.cosine_similarity
