@@ -350,57 +350,6 @@ def _http_error(err: urllib.error.HTTPError, endpoint: Endpoint) -> ClientError:
     )
 
 
-# ----------------------------------------------------------------------------- no server
-
-
-def explain_in_process(
-    reviews: list[Review], model_dir: Path, explain: bool = True, model_config: Path | None = None, batch_size: int = 8
-) -> list[dict]:
-    """Answer reviews with the real SentimentHandler in this process, without TorchServe: the same
-    JSON a server sends. Used for --local, the README images and the browser test. Imports torch
-    and TorchServe only when called, so the HTTP client stays light."""
-    handler, context = local_handler(model_dir, model_config, batch_size)
-    return answer_locally(handler, context, reviews, explain)
-
-
-def local_handler(model_dir: Path, model_config: Path | None = None, batch_size: int = 8, gpu_id: int | None = None):
-    """(SentimentHandler, ts Context) initialised as a TorchServe worker would, with batchSize
-    ``batch_size``, on GPU ``gpu_id`` (None: the CPU)."""
-    import yaml
-    from ts.context import Context
-
-    from handler.sentiment_handler import SentimentHandler
-
-    config_path = model_config or Path(__file__).resolve().parent.parent / "model-config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-    context = Context(
-        MODEL,
-        str(model_dir),
-        {"model": {"modelName": MODEL}},
-        batch_size,
-        gpu_id,
-        "0.12.0",
-        metrics=None,
-        model_yaml_config=config,
-    )
-    handler = SentimentHandler()
-    handler.initialize(context)
-    return handler, context
-
-
-def answer_locally(handler, context, reviews: list[Review], explain: bool) -> list[dict]:
-    """Send ``reviews`` through ``handler`` in batches of the context's batch size, as the frontend would."""
-    from ts.context import RequestProcessor
-
-    results = []
-    for start in range(0, len(reviews), context.system_properties["batch_size"]):
-        chunk = reviews[start : start + context.system_properties["batch_size"]]
-        context.request_processor = [RequestProcessor({"explain": str(explain)}) for _ in chunk]
-        context.request_ids = {i: str(start + i) for i in range(len(chunk))}
-        results += handler.handle([{"body": r.text.encode()} for r in chunk], context)
-    return results
-
-
 # ----------------------------------------------------------------------------- command line
 
 
@@ -437,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         reviews = read_reviews(args.reviews, args.label)
         options = {"n_steps": args.n_steps} if args.n_steps and not args.predict else {}
         if args.local:
-            results = explain_in_process(reviews, args.local, explain=not args.predict)
+            from handler.inprocess import answer_texts  # torch and TorchServe only for --local
+
+            results = answer_texts([r.text for r in reviews], args.local, explain=not args.predict)
         else:
             endpoint = resolve_endpoint(args.url, args.token, args.key_file)
             results = []

@@ -421,9 +421,9 @@ def handler_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], n_r
     """The served path without the server: the real handler in this process (decode, tokenize,
     engine, JSON-ready answers), batchSize requests per call, one thread like the served worker.
     Server overhead = this figure / the TorchServe figure at the same batchSize."""
-    from imdb_client.client import Review, answer_locally, local_handler
+    from handler.inprocess import answer, local_handler
 
-    reviews = [Review(t) for t in (texts * (n_requests // len(texts) + 1))[:n_requests]]
+    reviews = (texts * (n_requests // len(texts) + 1))[:n_requests]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows = []
@@ -431,9 +431,9 @@ def handler_bench(artifacts: Path, texts: list[str], batch_sizes: list[int], n_r
         for batch_size in batch_sizes:
             handler, context = local_handler(artifacts, batch_size=batch_size)  # loading is not timed
             for explain in (False, True):
-                answer_locally(handler, context, reviews[:batch_size], explain)  # warm-up
+                answer(handler, context, reviews[:batch_size], explain)  # warm-up
                 t0 = time.perf_counter()
-                answer_locally(handler, context, reviews, explain)
+                answer(handler, context, reviews, explain)
                 per_s = len(reviews) / (time.perf_counter() - t0)
                 kind = "explanations" if explain else "predictions"
                 rows.append({"kind": kind, "batchSize": batch_size, "per_s": per_s})
@@ -487,7 +487,7 @@ def workers_bench(
 def _explain_worker(artifacts, texts, gpu_id, requests, per_request, calls, barrier, results) -> None:
     from ts.context import RequestProcessor
 
-    from imdb_client.client import local_handler
+    from handler.inprocess import local_handler
 
     handler, context = local_handler(Path(artifacts), batch_size=requests, gpu_id=gpu_id)
     body = [

@@ -137,7 +137,7 @@ check() {
 import sys
 from pathlib import Path
 import torch
-from imdb_client.client import Review, answer_locally, local_handler
+from handler.inprocess import answer, local_handler
 
 assert torch.cuda.is_available(), "no CUDA device"
 texts = [line.split("\t", 1)[1] for line in open(sys.argv[1], encoding="utf-8")][:12]
@@ -145,7 +145,7 @@ texts += ["A fine film.", "Dull.", "It was a fantastic performance !", "terrible
 
 def answers(gpu, explain):
     h, ctx = local_handler(Path("model_store/artifacts"), batch_size=len(texts), gpu_id=gpu)
-    return str(h.device), answer_locally(h, ctx, [Review(t) for t in texts], explain)
+    return str(h.device), answer(h, ctx, texts, explain)
 
 worst = 0.0
 for explain in (False, True):

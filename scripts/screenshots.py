@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 import imdb_data  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from imdb_client.client import Review, explain_in_process, render_html, render_terminal  # noqa: E402
+from handler.inprocess import answer_texts  # noqa: E402
+from imdb_client.client import Review, render_html, render_terminal  # noqa: E402
 
 FLAGS = [
     "--headless",
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     reviews = pick_reviews(a.data)
-    results = explain_in_process(reviews, Path(a.artifacts))
+    results = answer_texts([r.text for r in reviews], Path(a.artifacts))
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.html"
         report.write_text(render_html(list(zip(reviews, results))), encoding="utf-8")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imdb_client.client import Review, explain_in_process, render_html
+from handler.inprocess import answer_texts
+from imdb_client.client import Review, render_html
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "model_store" / "artifacts"
@@ -87,7 +88,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def report(model_dir, tmp_path_factory) -> tuple[Path, list[dict]]:
-    results = explain_in_process(REVIEWS, model_dir)
+    results = answer_texts([r.text for r in REVIEWS], model_dir)
     assert all("tokens" in r for r in results), results
     path = tmp_path_factory.mktemp("report") / "report.html"
     path.write_text(render_html(list(zip(REVIEWS, results))), encoding="utf-8")
