@@ -38,6 +38,8 @@ from handler.model import SentimentCNN, TokenTaps, token_taps, window_mask, wind
 EXACT = "exact"
 METHODS = tuple(SUPPORTED_METHODS) + (EXACT,)
 ENGINES = ("fast", "captum")
+# Max-pool ties (identical winning windows): share the gradient evenly, or give it to the first.
+TIES = ("split", "first")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class IGSettings:
     # Rows per chunk are sized so one chunk's activations stay within this many floats.
     chunk_elements: int = 4_000_000
     internal_batch_size: int | None = None  # captum engine only
+    ties: str = "split"  # see TIES; "first" is what F.max_pool1d's backward does
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -59,6 +62,8 @@ class IGSettings:
             raise ValueError(f"method must be one of {METHODS}")
         if self.method == EXACT and self.engine != "fast":
             raise ValueError("method 'exact' needs the fast engine")
+        if self.ties not in TIES:
+            raise ValueError(f"ties must be one of {TIES}")
         if not 2 <= self.n_steps <= self.max_steps:
             raise ValueError(f"n_steps must be in [2, {self.max_steps}]")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import json
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -42,7 +42,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        d = dict(d)
+        # model_config.json also records the text pipeline and the calibration: not network fields.
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
         d["filter_sizes"] = tuple(d["filter_sizes"])
         return cls(**d)
 

@@ -10,7 +10,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -21,6 +21,34 @@ VOCAB_FILE = "vocab.json"
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 _tokenizer = None
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """The text pipeline a model was trained with. Training records it in ``model_config.json``
+    under ``"text"`` and serving reads it from there, so the weights carry their own pipeline."""
+
+    min_len: int = 7  # the tutorial's padding; must be >= the widest filter (5)
+    max_tokens: int = 512  # longer reviews are truncated; answers say "truncated": true
+    lowercase: bool = True
+
+    def __post_init__(self):
+        if not 1 <= self.min_len <= self.max_tokens:
+            raise ValueError(f"text settings need 1 <= min_len <= max_tokens, got {self.min_len}, {self.max_tokens}")
+
+    @classmethod
+    def load(cls, directory: Path) -> TextSettings:
+        """The ``"text"`` record of ``model_config.json``; the defaults for artifacts that predate it."""
+        path = Path(directory, MODEL_CONFIG_FILE)
+        record = json.loads(path.read_text()).get("text", {}) if path.exists() else {}
+        unknown = set(record) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown text settings {sorted(unknown)}")
+        return cls(**record)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def spacy_tokenizer():
@@ -33,9 +61,9 @@ def spacy_tokenizer():
     return _tokenizer
 
 
-def tokenize(texts: Sequence[str]) -> list[list[str]]:
+def tokenize(texts: Sequence[str], lowercase: bool = True) -> list[list[str]]:
     """Lower-case, drop HTML line breaks, spaCy-tokenize; whitespace tokens are dropped."""
-    cleaned = (_BREAK.sub(" ", t).lower() for t in texts)
+    cleaned = (_BREAK.sub(" ", t).lower() if lowercase else _BREAK.sub(" ", t) for t in texts)
     return [[tok.text for tok in doc if not tok.is_space] for doc in spacy_tokenizer().pipe(cleaned)]
 
 
