@@ -1,6 +1,6 @@
-"""usage: python scripts/client.py [--predict] [--html REPORT] [--no-color] REVIEW|-|FILE|DIR ...
+"""usage: python scripts/client.py [options] REVIEW|-|FILE|DIR ...
 
-Runs the imdb-explain client (imdb_client/client.py) from a checkout, installed or not; see --help.
+Runs the imdb-explain client (imdb_client/cli.py) from a checkout, installed or not; see --help.
 """
 
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imdb_client.client import main  # noqa: E402
+from imdb_client.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,10 @@
-"""The imdb-explain client without a server: rendering (HTML, terminal), inputs, and its error
-messages against a free port and a tiny loopback HTTP stub."""
+"""The imdb-explain client without a server: rendering (HTML, terminal), inputs (text, folders,
+CSV, JSONL, stdin), options, outputs (JSONL, JSON, HTML), and bulk KServe v1 requests and error
+messages against a free port and a loopback HTTP stub that answers as the handler does."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
@@ -13,20 +15,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from imdb_client.client import (
-    ClientError,
-    Review,
-    attribution_style,
-    colored_tokens,
-    main,
-    plain_tokens,
-    read_reviews,
-    render_html,
-    render_terminal,
-    resolve_endpoint,
-)
+from imdb_client.cli import main, parse_args
+from imdb_client.items import InputError, Item, read_items
+from imdb_client.report import COLUMNS, Source, render_html
+from imdb_client.terminal import attribution_style, colored_tokens, plain_tokens, render_terminal
+from imdb_client.transport import chunks, resolve_endpoint
 
 HOSTILE = "<script>alert(1)</script>"
+SOURCE = Source("imdb_sentiment", "http://127.0.0.1:8080")
 
 
 def explanation(tokens: list[str], normalized: list[float], label: str = "pos") -> dict:
@@ -83,30 +79,32 @@ def parse(page: str) -> TreeCheck:
 
 def test_html_report_is_balanced_and_self_contained():
     rows = [
-        (Review("A fantastic film", "pos/1.txt", "pos"), explanation(["a", "fantastic", "film"], [0.1, 0.9, -0.4])),
-        (Review("dull", "", None), {"label": "neg", "score": 0.2, "logit": -1.4}),  # --predict answer
-        (Review(" ", "x", None), {"code": 400, "type": "BadRequest", "message": "review text is empty"}),
+        (Item("A fantastic film", "pos/1.txt", "pos"), explanation(["a", "fantastic", "film"], [0.1, 0.9, -0.4])),
+        (Item("dull", "", None), {"label": "neg", "score": 0.2, "logit": -1.4}),  # --predict answer
+        (Item(" ", "x", None), {"code": 400, "type": "BadRequest", "message": "review text is empty"}),
     ]
-    page = render_html(rows)
+    page = render_html(rows, SOURCE)
     tree = parse(page)
     assert page.startswith("<!DOCTYPE html>")
     tags = [t for t, _ in tree.tags]
-    assert tags.count("tr") == 4 and "table" in tags  # header + 3 rows
+    reviews_table = page[page.index('<table class="reviews">') :]
+    assert reviews_table.count("<tr>") == 4 and "table" in tags  # header + 3 rows
     assert not {"script", "link", "img", "iframe", "object"} & set(tags)
     for _, attrs in tree.tags:
         assert "src" not in attrs and "href" not in attrs
-    assert not re.search(r"@import|url\(|https?://", page)
+    # No address but the server's, shown as text in the header.
+    assert not re.search(r"@import|url\(|https?://", page.replace(f"<dd>{SOURCE.server}</dd>", ""))
     assert "review text is empty" in "".join(tree.text)
 
 
 def test_html_escapes_hostile_tokens_text_and_names():
     hostile_tokens = [HOSTILE, '"><img src=x onerror=alert(2)>', "&amp;"]
     rows = [
-        (Review(HOSTILE, f"dir/{HOSTILE}.txt", "pos"), explanation(hostile_tokens, [0.5, -0.5, 0.1])),
-        (Review(HOSTILE, "", None), {"label": "neg", "score": 0.2, "logit": -1.4}),
-        (Review(HOSTILE, "", None), {"code": 400, "message": HOSTILE}),
+        (Item(HOSTILE, f"dir/{HOSTILE}.txt", "pos"), explanation(hostile_tokens, [0.5, -0.5, 0.1])),
+        (Item(HOSTILE, "", None), {"label": "neg", "score": 0.2, "logit": -1.4}),
+        (Item(HOSTILE, "", None), {"code": 400, "message": HOSTILE}),
     ]
-    page = render_html(rows)
+    page = render_html(rows, SOURCE)
     tree = parse(page)
     tags = {t for t, _ in tree.tags}
     assert "script" not in tags and "img" not in tags
@@ -117,7 +115,7 @@ def test_html_escapes_hostile_tokens_text_and_names():
 
 
 def test_html_marks_sign_and_size_of_attributions():
-    page = render_html([(Review("x"), explanation(["good", "meh", "bad"], [0.8, 0.2, -0.8]))])
+    page = render_html([(Item("x"), explanation(["good", "meh", "bad"], [0.8, 0.2, -0.8]))], SOURCE)
     found = re.findall(r'hsl\((\d+), 75%, (\d+)%\)" title="[^"]+">(\w+)</mark>', page)
     hsl = {word: (int(hue), int(light)) for hue, light, word in found}
     assert hsl["good"][0] == 120 and hsl["meh"][0] == 120 and hsl["bad"][0] == 0  # green +, red -
@@ -144,7 +142,7 @@ def test_colored_and_plain_tokens():
     assert styles["fantastic"].bgcolor.triplet.green > styles["fantastic"].bgcolor.triplet.red
     assert styles["bore"].bgcolor.triplet.red > styles["bore"].bgcolor.triplet.green
     assert plain_tokens(result) == "a fantastic[+0.90] bore[-0.40]"
-    shown = render_terminal(result, Review("x", "r1", "neg"), color=False).plain
+    shown = render_terminal(result, Item("x", "r1", "neg"), color=False).plain
     assert "true=neg ✗" in shown and "pos" in shown and "delta=1.00e-05" in shown
     assert "fantastic (+0.90)" in shown and "bore (-0.40)" in shown
 
@@ -155,7 +153,7 @@ def test_read_reviews_forms(tmp_path):
         (tmp_path / "data" / label / name).write_text(text)
     lines = tmp_path / "many.txt"
     lines.write_text("first review\n\nsecond review\n")
-    got = read_reviews(
+    got = read_items(
         [str(tmp_path / "data"), str(lines), "-", "just text"], label="pos", stdin=io.StringIO("from stdin")
     )
     assert [(r.text, r.label) for r in got] == [
@@ -168,8 +166,8 @@ def test_read_reviews_forms(tmp_path):
     ]
     assert got[3].name.endswith("many.txt:3") and got[0].name.endswith("2_1.txt")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ClientError, match="no .txt files"):
-        read_reviews([str(tmp_path / "empty")])
+    with pytest.raises(InputError, match="no .txt files"):
+        read_items([str(tmp_path / "empty")])
 
 
 def test_endpoint_precedence(tmp_path, monkeypatch):
@@ -207,14 +205,14 @@ def test_server_down_names_the_address_and_make_serve(capsys):
 
 @pytest.fixture
 def stub():
-    """A loopback HTTP server answering every POST with ``stub.answer`` = (status, JSON body)."""
+    """A loopback HTTP server; ``stub.answer(path, body)`` (or a fixed ``(status, body)``) answers each POST."""
     seen = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append((self.path, self.headers.get("Authorization"), json.loads(body)))
-            status, answer = server.answer(json.loads(body)) if callable(server.answer) else server.answer
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers.get("Authorization"), body))
+            status, answer = server.answer(self.path, body) if callable(server.answer) else server.answer
             data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -234,6 +232,31 @@ def stub():
     server.server_close()
 
 
+def like_the_handler(per_review):
+    """A stub answer function with the handler's KServe v1 semantics: one answer or error object per
+    instance in {"explanations"|"predictions": [...]}, 200 if any review succeeded, else the first
+    error's status; plain requests get their own answer and status. ``per_review(text, body)``
+    returns (status, answer) for one review."""
+
+    def answer(path: str, body: dict) -> tuple[int, dict]:
+        if "instances" not in body:
+            return per_review(body["text"], body)
+        answers = [per_review(instance["text"], instance) for instance in body["instances"]]
+        key = "explanations" if path.endswith(":explain") else "predictions"
+        ok = [status for status, _ in answers if status == 200]
+        return (200 if ok else answers[0][0]), {key: [a for _, a in answers]}
+
+    return answer
+
+
+def by_text(text: str, body: dict) -> tuple[int, dict]:
+    """Answers that show which review they belong to: label from the text, logit = its length."""
+    if text == "bad":
+        return 400, {"code": 400, "type": "BadRequest", "message": "review text is bad"}
+    answer = explanation(["a", "fantastic", text], [0.1, 0.9, -0.4], "neg" if "awful" in text else "pos")
+    return 200, {**answer, "logit": float(len(text)), "model_version": "1.0", "future_field": {"x": 1}}
+
+
 def test_wrong_token_says_so_and_where_it_came_from(stub, tmp_path, capsys):
     keys = tmp_path / "key_file.json"
     keys.write_text(json.dumps({"inference": {"key": "stale"}, "management": {"key": "m"}}))
@@ -248,45 +271,192 @@ def test_wrong_token_says_so_and_where_it_came_from(stub, tmp_path, capsys):
     assert main(["--url", stub.url, "--key-file", str(keys), "a film", "another"]) == 1
     err = capsys.readouterr().err
     assert "wrong or expired" in err and str(keys) in err and stub.url in err
-    assert len(stub.seen) == 1  # fatal: the second review is not sent
-    assert stub.seen[0][:2] == ("/explanations/imdb_sentiment", "Bearer stale")
+    assert len(stub.seen) == 1  # both reviews in one bulk request
+    assert stub.seen[0][:2] == ("/v1/models/imdb_sentiment:explain", "Bearer stale")
 
 
-def test_other_4xx_shows_the_server_message_and_goes_on(stub, capsys, monkeypatch):
+def test_a_fatal_error_stops_sending(stub, capsys):
+    stub.answer = (400, {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed"})
+    texts = [f"review {i}" for i in range(20)]
+    assert main(["--url", stub.url, "--token", "k", "--bulk", "1", "--concurrency", "1", *texts]) == 1
+    assert "wrong or expired" in capsys.readouterr().err
+    assert len(stub.seen) <= 2  # the window of requests in flight, not all 20
+
+
+def test_per_review_errors_inside_a_bulk_answer_are_shown_per_review(stub, capsys, monkeypatch):
     monkeypatch.delenv("IMDB_TOKEN", raising=False)
-
-    def answer(body):
-        if body["text"] == "bad":
-            return 400, {"code": 400, "type": "BadRequest", "message": "'n_steps' must be between 2 and 1024"}
-        return 200, explanation(["a", "fantastic", "film"], [0.1, 0.9, -0.4])
-
-    stub.answer = answer
-    assert main(["--url", stub.url, "--token", "k", "--n-steps", "5000", "bad", "a fantastic film"]) == 1
+    stub.answer = like_the_handler(by_text)
+    assert main(["--url", stub.url, "--token", "k", "--no-color", "bad", "a fantastic film"]) == 1
     out, err = capsys.readouterr()
-    assert "'n_steps' must be between 2 and 1024" in err and "400" in err
-    assert "fantastic[+0.90]" in out  # the good review is still shown (stdout is not a terminal here)
-    assert [s[2] for s in stub.seen] == [
-        {"text": "bad", "n_steps": 5000},
-        {"text": "a fantastic film", "n_steps": 5000},
+    assert "'bad': error 400 BadRequest: review text is bad" in err
+    assert "fantastic[+0.90]" in out and "error 400 BadRequest: review text is bad" in out
+    assert [s[0] for s in stub.seen] == ["/v1/models/imdb_sentiment:explain"]
+    # A request whose reviews all fail gets the first error's status, with the errors inline.
+    stub.seen.clear()
+    assert main(["--url", stub.url, "--token", "k", "--jsonl", "bad", "bad"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["answer"]["message"] for line in lines] == ["review text is bad"] * 2
+
+
+def test_bulk_requests_hold_at_most_bulk_reviews_and_answers_keep_input_order(stub, tmp_path, capsys):
+    stub.answer = like_the_handler(by_text)
+    texts = [f"review number {i:03d}" + "!" * (i % 7) for i in range(130)]
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(json.dumps({"text": t, "label": "pos"}) + "\n" for t in texts))
+    assert main(["--url", stub.url, "--token", "k", "--jsonl", "--concurrency", "3", str(source)]) == 0
+    sizes = [len(body["instances"]) for _, _, body in stub.seen]
+    assert sorted(sizes) == [2, 64, 64]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["index"] for line in lines] == list(range(130))
+    assert [line["answer"]["logit"] for line in lines] == [float(len(t)) for t in texts]
+    assert lines[5]["name"].endswith("reviews.jsonl:6") and lines[5]["true_label"] == "pos"
+    assert lines[0]["answer"]["future_field"] == {"x": 1}  # unknown fields pass through
+
+
+def test_chunks_split_by_count_and_by_bytes():
+    items = [Item("x" * 100) for _ in range(10)]
+    assert [len(c) for c in chunks(items, 4)] == [4, 4, 2]
+    assert [len(c) for c in chunks(items, 64, max_bytes=350)] == [3, 3, 3, 1]
+    assert [len(c) for c in chunks([Item("y" * 1000), *items[:2]], 64, max_bytes=350)] == [1, 2]
+
+
+def test_method_and_n_steps(stub, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "exact", "--n-steps", "32", "x"])
+    assert "takes no --n-steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--predict", "--n-steps", "32", "x"])
+    assert parse_args(["--n-steps", "32", "x"]).options == {"method": "gausslegendre", "n_steps": 32}
+    assert parse_args(["--method", "riemann_left", "--n-steps", "8", "x"]).options == {
+        "method": "riemann_left",
+        "n_steps": 8,
+    }
+    assert parse_args(["--method", "exact", "x"]).options == {"method": "exact"}
+    assert parse_args(["x"]).options == {}
+    stub.answer = like_the_handler(by_text)
+    assert main(["--url", stub.url, "--token", "k", "--n-steps", "32", "--jsonl", "one", "two"]) == 0
+    assert stub.seen[0][2] == {
+        "instances": [
+            {"text": "one", "method": "gausslegendre", "n_steps": 32},
+            {"text": "two", "method": "gausslegendre", "n_steps": 32},
+        ]
+    }
+
+
+def test_model_and_version_choose_the_path(stub, capsys):
+    stub.answer = like_the_handler(by_text)
+    assert main(["--url", stub.url, "--token", "k", "--model", "other", "--predict", "--jsonl", "a", "b"]) == 0
+    assert [s[0] for s in stub.seen] == ["/v1/models/other:predict"]
+    stub.seen.clear()
+    # TorchServe's KServe routes take no version: a version goes as one plain request per review.
+    assert main(["--url", stub.url, "--token", "k", "--version", "2.0", "--jsonl", "a", "b"]) == 0
+    assert sorted(s[0] for s in stub.seen) == ["/explanations/imdb_sentiment/2.0"] * 2
+    assert sorted(s[2]["text"] for s in stub.seen) == ["a", "b"]
+    capsys.readouterr()
+    stub.answer = (
+        404,
+        {"code": 404, "type": "ModelVersionNotFoundException", "message": "Model version: 2.0 does not exist"},
+    )
+    assert main(["--url", stub.url, "--token", "k", "--version", "2.0", "a"]) == 1
+    assert "has no model imdb_sentiment version 2.0" in capsys.readouterr().err
+
+
+def test_csv_jsonl_and_stdin_lines_inputs(tmp_path):
+    table = tmp_path / "reviews.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "review", "sentiment"])
+        writer.writerows([[1, 'great, "truly"\non two lines', "positive"], [2, "awful", "0"], [3, "meh", ""]])
+    got = read_items([str(table)], label=None)
+    assert [(i.text, i.label) for i in got] == [
+        ('great, "truly"\non two lines', "pos"),
+        ("awful", "neg"),
+        ("meh", None),
     ]
+    assert got[1].name == f"{table}:4"  # the physical line: the first review spans two
+    lines = tmp_path / "reviews.jsonl"
+    lines.write_text('{"text": "fine", "label": 1}\n\n{"text": "dull"}\n')
+    assert [(i.text, i.label, i.name) for i in read_items([str(lines)], label="neg")] == [
+        ("fine", "pos", f"{lines}:1"),
+        ("dull", "neg", f"{lines}:3"),
+    ]
+    many = read_items(["-"], stdin=io.StringIO("one\n\ntwo\n"), stdin_lines=True)
+    assert [(i.text, i.name) for i in many] == [("one", "stdin:1"), ("two", "stdin:3")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfine,maybe\n")
+    with pytest.raises(InputError, match=r"bad.csv:2: label 'maybe'"):
+        read_items([str(bad)])
+    (tmp_path / "nocol.csv").write_text("body,label\nfine,pos\n")
+    with pytest.raises(InputError, match="'text' or 'review' column"):
+        read_items([str(tmp_path / "nocol.csv")])
+    (tmp_path / "broken.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    with pytest.raises(InputError, match="broken.jsonl:2: not JSON"):
+        read_items([str(tmp_path / "broken.jsonl")])
+
+
+def test_html_has_captums_columns_a_header_and_a_summary():
+    rows = [
+        (Item("great", "a", "pos"), {**explanation(["great"], [1.0]), "model_version": "1.0"}),
+        (Item("awful", "b", "pos"), {**explanation(["awful"], [-1.0], "neg"), "model_version": "1.0"}),
+        (Item("fine", "c", "neg"), {**explanation(["fine"], [1.0]), "model_version": "1.0"}),
+        (Item("meh", "d", "neg"), {**explanation(["meh"], [-1.0], "neg"), "model_version": "1.0"}),
+        (Item("dull", "e", "neg"), {**explanation(["dull"], [-1.0], "neg"), "model_version": "1.0"}),
+        (Item(" ", "f", "neg"), {"code": 400, "type": "BadRequest", "message": "review text is empty"}),
+        (Item("unlabelled", "g"), {**explanation(["unlabelled"], [0.5]), "model_version": "1.0"}),
+    ]
+    page = render_html(rows, Source("imdb_sentiment", "http://127.0.0.1:8080", "1.0"))
+    tree = parse(page)
+    text = " ".join(" ".join(tree.text).split())
+    reviews = page[page.index('<table class="reviews">') :]
+    assert re.findall(r"<th>([^<]*)</th>", reviews) == list(COLUMNS)
+    assert COLUMNS[1:] == ("True Label", "Predicted Label", "Attribution Label", "Attribution Score", "Word Importance")
+    assert "Model imdb_sentiment Version 1.0 Server http://127.0.0.1:8080" in text
+    # 5 labelled answers: pos->pos 1, pos->neg 1, neg->pos 1, neg->neg 2; the error and the unlabelled one do not count.
+    assert "7 review(s), 1 failed. Accuracy 60.0% (3 of 5 labelled reviews)" in text
+    confusion = page[page.index('<table class="confusion">') : page.index('<table class="reviews">')]
+    assert re.findall(r'<td class="num">(\d+)</td>', confusion) == ["2", "1", "1", "1"]  # true neg row, true pos row
+    first = reviews[reviews.index("<tbody>") :].split("</tr>")[0]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", first)
+    assert cells[3] == "pos" and cells[4].startswith("2.00")  # attribution label; sum of raw attributions
+    unlabelled = render_html(rows[-1:], Source("imdb_sentiment", "in-process: x"))
+    assert "No true labels" in unlabelled and "1.0" in unlabelled
+
+
+def test_json_document_and_html_against_stub(stub, tmp_path, capsys):
+    stub.answer = like_the_handler(by_text)
+    report = tmp_path / "r.html"
+    args = ["--url", stub.url, "--token", "k", "--json", "--html", str(report), "--label", "neg"]
+    assert main([*args, "an awful film", "a fine film", HOSTILE]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["model"], document["server"], document["version"]) == ("imdb_sentiment", stub.url, None)
+    assert document["summary"]["accuracy"] == pytest.approx(1 / 3) and document["summary"]["labelled"] == 3
+    assert [r["answer"]["label"] for r in document["results"]] == ["neg", "pos", "pos"]
+    page = report.read_text()
+    parse(page)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page
+    assert f"<dd>{stub.url}</dd>" in page and "<dd>1.0</dd>" in page  # server, and the answers' model_version
 
 
 def test_predict_and_html_against_stub(stub, tmp_path, capsys):
     stub.answer = (
         200,
         {
-            "label": "pos",
-            "score": 0.8,
-            "probabilities": {"neg": 0.2, "pos": 0.8},
-            "logit": 1.4,
-            "n_tokens": 1,
-            "truncated": False,
-            "unknown_tokens": 0,
+            "predictions": [
+                {
+                    "label": "pos",
+                    "score": 0.8,
+                    "probabilities": {"neg": 0.2, "pos": 0.8},
+                    "logit": 1.4,
+                    "n_tokens": 1,
+                    "truncated": False,
+                    "unknown_tokens": 0,
+                }
+            ]
         },
     )
     report = tmp_path / "r.html"
     assert main(["--url", stub.url, "--token", "k", "--predict", "--html", str(report), HOSTILE]) == 0
-    assert stub.seen[0][0] == "/predictions/imdb_sentiment"
+    assert stub.seen[0][0] == "/v1/models/imdb_sentiment:predict"
     page = report.read_text()
     parse(page)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page
