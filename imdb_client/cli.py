@@ -171,6 +171,8 @@ class Output:
                 print(f"wrote {self.args.html}: {self.summary.line()}")
         elif self.terminal and self.summary.total > 1:
             print(self.summary.line())
+        if (self.args.jsonl or self.args.json) and self.summary.total > 1:
+            print(f"imdb-explain: {self.summary.line()}", file=sys.stderr)  # stdout is for the pipeline
 
 
 def run(args: argparse.Namespace, items: list[Item], out: Output) -> None:

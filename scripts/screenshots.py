@@ -2,7 +2,7 @@
 
 usage: python scripts/screenshots.py [--artifacts model_store/artifacts] [--out docs/img] [--data PATH]
 
-Reviews: five IMDB test reviews (short ones, both labels), explained in-process by the real handler
+Reviews: six IMDB test reviews (short ones, both labels), explained in-process by the real handler
 (``imdb-explain --local``). The report is screenshot by headless Chromium; the terminal output is
 recorded by rich as SVG and screenshot the same way. Needs Debian's ``chromium``.
 """
@@ -25,7 +25,9 @@ import imdb_data  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from handler.inprocess import answer_texts  # noqa: E402
-from imdb_client.client import Review, render_html, render_terminal  # noqa: E402
+from imdb_client.items import Item  # noqa: E402
+from imdb_client.report import Source, render_html  # noqa: E402
+from imdb_client.terminal import render_terminal  # noqa: E402
 
 FLAGS = [
     "--headless",
@@ -39,14 +41,14 @@ FLAGS = [
 ]
 
 
-def pick_reviews(data: str | None, per_label: int = 3, max_chars: int = 420) -> list[Review]:
+def pick_reviews(data: str | None, per_label: int = 3, max_chars: int = 420) -> list[Item]:
     test = imdb_data.load(imdb_data.locate(data), splits=("test",))["test"]
-    picked: list[Review] = []
+    picked: list[Item] = []
     for label in (0, 1):
         short = [i for i, (t, y) in enumerate(zip(test.texts, test.labels)) if y == label and len(t) < max_chars]
         for i in short[:per_label]:
             picked.append(
-                Review(test.texts[i], name=f"test/{'pos' if label else 'neg'}/#{i}", label="pos" if label else "neg")
+                Item(test.texts[i], name=f"test/{'pos' if label else 'neg'}/#{i}", label="pos" if label else "neg")
             )
     return picked
 
@@ -81,8 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     results = answer_texts([r.text for r in reviews], Path(a.artifacts))
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.html"
-        report.write_text(render_html(list(zip(reviews, results))), encoding="utf-8")
-        screenshot(report, out / "report.png", 1200, 1130)
+        source = Source("imdb_sentiment", f"in-process: {os.path.relpath(a.artifacts, REPO)}")
+        report.write_text(render_html(list(zip(reviews, results)), source), encoding="utf-8")
+        screenshot(report, out / "report.png", 1200, 1500)
         console = Console(record=True, width=110, force_terminal=True, highlight=False, file=open(os.devnull, "w"))
         for review, result in zip(reviews[2:5], results[2:5]):
             console.print(render_terminal(result, review, color=True))

@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import threading
+import time
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -311,6 +312,14 @@ def test_bulk_requests_hold_at_most_bulk_reviews_and_answers_keep_input_order(st
     assert [line["answer"]["logit"] for line in lines] == [float(len(t)) for t in texts]
     assert lines[5]["name"].endswith("reviews.jsonl:6") and lines[5]["true_label"] == "pos"
     assert lines[0]["answer"]["future_field"] == {"x": 1}  # unknown fields pass through
+    # Many small requests, the first answered last: the output still follows the input.
+    slow = like_the_handler(by_text)
+    stub.answer = lambda path, body: (
+        (time.sleep(0.3) if body["instances"][0]["text"] == texts[0] else None) or slow(path, body)
+    )
+    assert main(["--url", stub.url, "--token", "k", "--jsonl", "--bulk", "8", "--concurrency", "4", str(source)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["answer"]["logit"] for line in lines] == [float(len(t)) for t in texts]
 
 
 def test_chunks_split_by_count_and_by_bytes():

@@ -1,10 +1,12 @@
 """The HTML report of REAL explanations (the real handler, in this process) opened in headless
-Chromium: its DOM holds every token as text, a hostile review stays text, and the screenshot is
-not blank. Chromium is apt-installed when missing; the tests skip when that is not possible."""
+Chromium: its DOM holds Captum's columns, the header (model, version, server) and the summary, every
+token as text, a hostile review stays text, and the screenshot is not blank. Chromium is
+apt-installed when missing; the tests skip when that is not possible (see docs/client.md)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from handler.inprocess import answer_texts
-from imdb_client.client import Review, render_html
+from imdb_client.items import Item
+from imdb_client.report import COLUMNS, Source, render_html
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "model_store" / "artifacts"
@@ -27,9 +30,9 @@ FLAGS = [
     "--no-first-run",
 ]
 REVIEWS = [
-    Review("It was a fantastic performance, the best film I have seen this year!", "pos/1.txt", "pos"),
-    Review("A horrible, boring movie. I want my two hours back.", "neg/2.txt", "neg"),
-    Review("<script>alert(1)</script> not bad <b>at all</b>", "hostile", None),
+    Item("It was a fantastic performance, the best film I have seen this year!", "pos/1.txt", "pos"),
+    Item("A horrible, boring movie. I want my two hours back.", "neg/2.txt", "neg"),
+    Item("<script>alert(1)</script> not bad <b>at all</b>", "hostile", None),
 ]
 
 
@@ -38,13 +41,21 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _skip(reason: str) -> None:
+    """Skip where Chromium cannot be had, except in CI ($CI set, as CI services do): there a skip
+    would hide a broken report, so it fails."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs headless Chromium (apt-get install chromium): {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def chromium(tmp_path_factory) -> list[str]:
     """The command prefix of a runnable headless Chromium; installs Debian's `chromium` if missing."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         if shutil.which("apt-get") is None or os.geteuid() != 0:
-            pytest.skip("chromium is not installed and apt-get as root is not available")
+            _skip("chromium is not installed and apt-get as root is not available")
         try:
             for cmd, limit in (
                 (["apt-get", "update", "-q"], 300),
@@ -52,19 +63,19 @@ def chromium(tmp_path_factory) -> list[str]:
             ):
                 done = _run(cmd, limit)
                 if done.returncode != 0:
-                    pytest.skip(f"{' '.join(cmd)} failed: {done.stderr[-500:]}")
+                    _skip(f"{' '.join(cmd)} failed: {done.stderr[-500:]}")
         except (subprocess.TimeoutExpired, OSError) as err:
-            pytest.skip(f"could not install chromium: {err}")
+            _skip(f"could not install chromium: {err}")
         exe = shutil.which("chromium")
         if exe is None:
-            pytest.skip("chromium still not on PATH after apt-get install")
+            _skip("chromium still not on PATH after apt-get install")
     prefix = [exe, *FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]
     try:
         probe = _run(prefix + ["--dump-dom", "data:text/html,<p>chromium-ok</p>"], 90)
     except (subprocess.TimeoutExpired, OSError) as err:
-        pytest.skip(f"chromium does not run: {err}")
+        _skip(f"chromium does not run: {err}")
     if "chromium-ok" not in probe.stdout:
-        pytest.skip(f"chromium does not run headless here: {probe.stderr[-500:]}")
+        _skip(f"chromium does not run headless here: {probe.stderr[-500:]}")
     return prefix
 
 
@@ -91,8 +102,58 @@ def report(model_dir, tmp_path_factory) -> tuple[Path, list[dict]]:
     results = answer_texts([r.text for r in REVIEWS], model_dir)
     assert all("tokens" in r for r in results), results
     path = tmp_path_factory.mktemp("report") / "report.html"
-    path.write_text(render_html(list(zip(REVIEWS, results))), encoding="utf-8")
+    source = Source("imdb_sentiment", f"in-process: {model_dir}", None)
+    path.write_text(render_html(list(zip(REVIEWS, results)), source), encoding="utf-8")
     return path, results
+
+
+class Cells(HTMLParser):
+    """The text of every th, td and dd element, in document order, as (tag, text)."""
+
+    TAGS = {"th", "td", "dd", "dt"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.cells, self._open = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.TAGS:
+            self._open.append(len(self.cells))
+            self.cells.append((tag, ""))
+
+    def handle_endtag(self, tag):
+        if tag in self.TAGS and self._open:
+            self._open.pop()
+
+    def handle_data(self, data):
+        if self._open:
+            tag, text = self.cells[self._open[-1]]
+            self.cells[self._open[-1]] = (tag, text + data)
+
+
+def test_dom_has_captums_columns_the_header_and_the_summary(chromium, report, model_dir):
+    path, results = report
+    dom = _run(chromium + ["--dump-dom", path.as_uri()], 90).stdout
+    parsed = Cells()
+    parsed.feed(dom)
+    cells = [(tag, " ".join(text.split())) for tag, text in parsed.cells]
+    headers = [text for tag, text in cells if tag == "th"]
+    assert headers[-len(COLUMNS) :] == list(COLUMNS)  # the reviews table's header row, after the confusion table's
+    source = dict(zip([t for tag, t in cells if tag == "dt"], [t for tag, t in cells if tag == "dd"]))
+    assert source["Model"] == "imdb_sentiment" and source["Server"] == f"in-process: {model_dir}"
+    assert "Version" in source
+    labelled = [(r.label, a["label"]) for r, a in zip(REVIEWS, results) if r.label]
+    correct = sum(t == p for t, p in labelled)
+    accuracy = re.search(r'id="accuracy">([^<]+)</b> \((\d+) of (\d+) labelled', dom)
+    assert accuracy and accuracy.groups() == (f"{correct / len(labelled):.1%}", str(correct), str(len(labelled)))
+    rows = [text for tag, text in cells if tag == "td"]
+    width = len(COLUMNS)
+    body = rows[-width * len(REVIEWS) :]
+    for k, answer in enumerate(results):
+        row = body[k * width : (k + 1) * width]
+        assert row[1] == (REVIEWS[k].label or "–") and row[2].startswith(answer["label"])
+        assert row[3] == "pos"  # the attribution label: the target is the logit of pos
+        assert float(re.match(r"-?\d+\.\d+", row[4]).group()) == pytest.approx(sum(answer["attributions"]), abs=0.006)
 
 
 class Marks(HTMLParser):
