@@ -1,0 +1,97 @@
+"""imdb-explain against a real TorchServe (the shipped model, config.properties on free loopback
+ports, its own working directory, stopped by pid): bulk KServe v1 requests answer exactly as one
+plain request per review, per-review errors stay per review, and --n-steps, --version and --predict
+reach the server as meant."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import SCRIPTS, SHIPPED
+
+sys.path.insert(0, str(SCRIPTS))
+
+import build_mar  # noqa: E402
+import serve  # noqa: E402
+from train import TUTORIAL_SENTENCES  # noqa: E402
+
+from imdb_client.cli import main  # noqa: E402
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java on PATH"),
+]
+
+REVIEWS = [
+    *TUTORIAL_SENTENCES,
+    ("A beautiful, moving film with brilliant performances.<br /><br />I loved every minute of it.", "pos"),
+    ("Boring, predictable and far too long. A complete waste of time. " * 20, "neg"),
+    ("   ", "neg"),  # empty: the server's 400, answered inline
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[serve.Server]:
+    d = tmp_path_factory.mktemp("client_served")
+    build_mar.build(SHIPPED, d / "store")
+    config = serve.isolated_config(d / "config.properties")
+    try:
+        running = serve.start(d / "work", config, d / "store", timeout=180)
+    except BaseException:
+        serve.stop(d / "work")
+        raise
+    try:
+        yield running
+    finally:
+        serve.stop(running)
+
+
+@pytest.fixture(scope="module")
+def reviews_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("inputs") / "reviews.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(REVIEWS)
+    return path
+
+
+def run(server: serve.Server, capsys, *args: str) -> tuple[int, list[dict], str]:
+    code = main(["--url", server.inference, "--key-file", str(server.key_file), "--jsonl", *args])
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines()], err
+
+
+def test_bulk_answers_equal_one_request_per_review(server, reviews_csv, capsys):
+    code, bulk, err = run(server, capsys, str(reviews_csv))
+    assert code == 1 and "review text is empty" in err  # the blank review, and only it, failed
+    code, single, _ = run(server, capsys, "--bulk", "1", "--concurrency", "4", str(reviews_csv))
+    assert code == 1 and len(bulk) == len(single) == len(REVIEWS)
+    for b, s, (_, label) in zip(bulk, single, REVIEWS):
+        assert b["index"] == s["index"] and b["true_label"] == label
+        if "code" in s["answer"]:
+            assert b["answer"]["code"] == s["answer"]["code"] == 400
+            continue
+        assert b["answer"]["label"] == s["answer"]["label"] == label
+        assert b["answer"]["tokens"] == s["answer"]["tokens"]
+        assert b["answer"]["attributions"] == pytest.approx(s["answer"]["attributions"], abs=1e-5)
+    assert "accuracy 100.0% on 8 labelled" in err
+
+
+def test_steps_version_and_predict_reach_the_server(server, capsys):
+    code, lines, _ = run(server, capsys, "--n-steps", "32", "It was a fantastic performance !", "A horrible movie")
+    assert code == 0 and [a["answer"]["method"] for a in lines] == ["gausslegendre"] * 2
+    assert all(a["answer"]["n_steps"] >= 32 for a in lines)
+    code, lines, _ = run(server, capsys, "--version", "1.0", "Best film ever")
+    assert code == 0 and lines[0]["answer"]["label"] == "pos"
+    code, lines, err = run(server, capsys, "--version", "9.9", "Best film ever")
+    assert code == 1 and "has no model imdb_sentiment version 9.9" in err
+    code, lines, _ = run(server, capsys, "--predict", "Best film ever", "A horrible movie")
+    assert code == 0 and [a["answer"]["label"] for a in lines] == ["pos", "neg"]
+    assert not any("attributions" in a["answer"] for a in lines)
