@@ -37,8 +37,9 @@ from imdb_client.transport import DEFAULT_URL, MAX_INSTANCES, MODEL, ClientError
 METHODS = ("exact", "gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 # --n-steps without --method: Captum's default rule, as LayerIntegratedGradients.attribute uses.
 STEPS_METHOD = "gausslegendre"
-# Measured on the 2-core machine (docs/client.md): 2 bulk requests in flight keep the single
-# worker busy while the client encodes and decodes the next; more only queue.
+# Two bulk requests in flight: while the worker explains one, the client encodes the next and
+# decodes the last. On the loaded 2-core machine 1, 2 and 4 were within noise (docs/client.md);
+# more only queue in front of the one worker.
 DEFAULT_CONCURRENCY = 2
 
 

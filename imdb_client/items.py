@@ -121,6 +121,15 @@ def read_stdin(stream: TextIO, label: str | None, lines: bool) -> list[Item]:
 _READERS = {".csv": read_csv, ".jsonl": read_jsonl, ".ndjson": read_jsonl}
 
 
+def _read_path(path: Path, label: str | None) -> list[Item]:
+    try:
+        if path.is_dir():
+            return read_folder(path, label)
+        return _READERS.get(path.suffix.lower(), read_lines)(path, label)
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text (byte {err.start}); reviews are read as UTF-8") from None
+
+
 def read_items(
     sources: Iterable[str], label: str | None = None, stdin: TextIO | None = None, stdin_lines: bool = False
 ) -> list[Item]:
@@ -130,10 +139,8 @@ def read_items(
         path = Path(source)
         if source == "-":
             items += read_stdin(stdin or sys.stdin, label, stdin_lines)
-        elif path.is_dir():
-            items += read_folder(path, label)
-        elif path.is_file():
-            items += _READERS.get(path.suffix.lower(), read_lines)(path, label)
+        elif path.is_dir() or path.is_file():
+            items += _read_path(path, label)
         else:
             items.append(Item(source, "", label))
     return items

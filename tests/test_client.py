@@ -398,6 +398,9 @@ def test_csv_jsonl_and_stdin_lines_inputs(tmp_path):
     (tmp_path / "nocol.csv").write_text("body,label\nfine,pos\n")
     with pytest.raises(InputError, match="'text' or 'review' column"):
         read_items([str(tmp_path / "nocol.csv")])
+    (tmp_path / "latin1.txt").write_bytes("très bon".encode("latin-1"))
+    with pytest.raises(InputError, match="latin1.txt: not UTF-8"):
+        read_items([str(tmp_path / "latin1.txt")])
     (tmp_path / "broken.jsonl").write_text('{"text": "ok"}\n{"text": \n')
     with pytest.raises(InputError, match="broken.jsonl:2: not JSON"):
         read_items([str(tmp_path / "broken.jsonl")])
