@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from frames import encode_and_parse
 from helpers import REPO, tiny_artifacts
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handler.sentiment_handler import SentimentHandler
-from handler.text import Vocab
+from handler.text import Vocab, tokenize
 
 MODEL = "imdb_sentiment"
 CORPUS = [
@@ -70,10 +71,10 @@ def make_context(model_dir: Path, metrics: MetricsCacheYamlImpl, headers: list[d
 def serve(
     handler: SentimentHandler, model_dir: Path, metrics: MetricsCacheYamlImpl, rows: list[Row]
 ) -> tuple[list[dict], list[int]]:
-    """Answer one batch; returns the bodies and each request's HTTP status."""
+    """Answer one batch; returns each request's body and HTTP status as read back from the worker's frame."""
     ctx = make_context(model_dir, metrics, [{"explain": "True" if explain else "False"} for _, explain in rows])
-    out = handler.handle([{"body": body} for body, _ in rows], ctx)
-    return out, [ctx.get_response_status(i)[0] or 200 for i in range(len(rows))]
+    replies = encode_and_parse(handler.handle([{"body": body} for body, _ in rows], ctx), ctx)
+    return [r.body for r in replies], [r.status for r in replies]
 
 
 @pytest.fixture
@@ -199,25 +200,31 @@ def test_describe_reports_labels_vocab_size_and_settings(handler: SentimentHandl
     assert described == handler.describe_handle()
     assert described["labels"] == ["neg", "pos"]
     assert described["vocab_size"] == len(Vocab.load(model_dir))
-    assert described["max_tokens"] == 512 and described["min_len"] == 7
-    assert described["attribution"]["defaults"]["n_steps"] == 50
+    assert described["text"] == {"min_len": 7, "max_tokens": 512, "lowercase": True}  # from model_config.json
+    assert described["attribution"]["defaults"]["method"] == "exact" and described["attribution"]["ties"] == "split"
+    assert described["model_version"] == "1.0" and described["calibration"] == {"temperature": 1.0}
 
 
 def test_kserve_instances_of_one_request_all_follow_its_explain_header(handler, model_dir, metrics) -> None:
     # The KServe envelopes hand over the instances of request 0: more rows than request ids.
     ctx = make_context(model_dir, metrics, [{"explain": "True"}])
     out = handler.handle([{"text": CORPUS[0]}, {"name": "input-0", "datatype": "BYTES", "data": CORPUS[3]}], ctx)
-    assert all("attributions" in o for o in out)
-    assert ctx.get_response_status(0)[0] in (None, 200)
+    assert [o["tokens"] for o in out] == [tokenize([CORPUS[0]])[0], tokenize([CORPUS[3]])[0]]
+    (reply,) = encode_and_parse(out, ctx)  # the envelope answers request 0; no status of its own is set
+    assert (reply.status, reply.phrase, reply.body) == (200, b"", out[0])
 
 
 def v2_body(*texts, name: str = "input-0", **extra) -> dict:
     return {**extra, "inputs": [{"name": name, "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}]}
 
 
-def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shape(run, handler, monkeypatch) -> None:
-    counted: list[tuple[str, float]] = []
-    monkeypatch.setattr(handler, "_metric", lambda name, value, unit, gauge=False: counted.append((name, value)))
+def metric_lines(caplog, name: str) -> list[str]:
+    """The [METRICS] lines the worker logs for the frontend (TorchServe's own metrics API)."""
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"[METRICS]{name}.")]
+
+
+def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shape(run, caplog) -> None:
+    caplog.set_level("INFO")
     rows = [
         (CORPUS[0], False),
         ({"instances": [{"text": CORPUS[1]}, CORPUS[3]]}, False),
@@ -261,8 +268,9 @@ def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shap
         assert answer["logit"] == pytest.approx(alone["logit"], abs=TOL)
         if explain:
             assert answer["attributions"] == pytest.approx(alone["attributions"], abs=TOL)
-    served = [value for name, value in counted if name == "ReviewsServed"]
-    assert served[0] == 7  # metrics count reviews, not requests
+    # metrics count reviews, not requests, with the model's name and version as dimensions
+    served = metric_lines(caplog, "imdb_reviews_total")[0]
+    assert served.startswith("[METRICS]imdb_reviews_total.Count:7|#model_name:imdb_sentiment,model_version:1.0|")
 
 
 def test_kserve_bad_instances_are_answered_inline_and_fail_the_request_only_when_all_fail(run) -> None:
