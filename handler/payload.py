@@ -5,11 +5,16 @@ never touches the others of its batch. Each body is parsed once (``read_body``).
 
 **Content types** (one rule, for curl's defaults too). A body is JSON when its type says JSON
 (TorchServe then hands over the parsed object) or when it starts with ``{`` (after white space),
-whatever its type; it must then parse as a JSON object. Anything else is the review text. A form
-body (``application/x-www-form-urlencoded``, curl's default for ``-d``) arrives as a dict of
-fields: a ``text`` field is the review (other fields are options, as in JSON); without one, the
-body as curl sent it is rebuilt from the fields (``k=v`` joined by ``&``) and read by the same
-rule. Options are never dropped silently: an unknown field is a 400.
+whatever its type; it must then parse as a JSON object. Anything else is the review text.
+Options are never dropped silently: an unknown field is a 400.
+
+A form body (``application/x-www-form-urlencoded``, curl's default for ``-d``) is decoded by
+TorchServe's frontend, which hands over only its ``name=value`` fields, URL-decoded (``+`` is a
+space): a ``text`` field is the review and the other fields its options, as in JSON
+(``curl -d 'text=great film' -d n_steps=8``). Without a ``text`` field the body is rebuilt from
+the fields (``k=v`` joined by ``&``) and read by the rule above. A part without ``=`` never
+reaches the handler (``curl -d 'great film'`` arrives as no field at all), so a form with no
+field is a 400 that says how to send the review instead.
 
 **Errors** keep TorchServe's own error shape, so one check serves its errors and ours:
 ``{"code": <status>, "type": "...", "message": "...", "request_id": "..."}``. User-supplied
@@ -132,6 +137,11 @@ def _sniff(text: str) -> dict | str:
 def _form(fields: dict, limits: Limits) -> dict | str:
     """Form fields (TorchServe's dict for a form body): a ``text`` field is the review, the others
     its options; without ``text``, the body as sent, rebuilt from the fields, read as any body."""
+    if not fields:
+        raise RequestError(
+            "empty form body: TorchServe passes on only name=value fields of a form (curl -d without a "
+            "Content-Type); send text=<review>, or the review as text/plain, or JSON as application/json"
+        )
     values = {str(k): _utf8(v, limits) if isinstance(v, (bytes, bytearray)) else v for k, v in fields.items()}
     if not all(isinstance(v, str) for v in values.values()):
         raise RequestError("form fields must be text")

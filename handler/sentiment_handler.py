@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -35,29 +34,14 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler import checksums, device, payload
 from handler.attribution import IGSettings, fast_engine_applies, layer_ig, prepare_quadrature
+from handler.batch import Batch
 from handler.model import load_model, predict_logits, token_taps
-from handler.payload import Request, RequestError, Review
+from handler.payload import Request, RequestError
 from handler.serving_metrics import ServingMetrics
 from handler.settings import HandlerSettings
 from handler.text import EncodedBatch, TextSettings, Vocab, encode, tokenize
 
 logger = logging.getLogger(__name__)
-Answer = dict | RequestError | None
-
-
-@dataclass
-class Batch:
-    """One frontend batch on its way through the stages; reviews are numbered across its requests."""
-
-    started: float
-    per_request: bool  # rows are requests (False under TorchServe's own KServe envelopes)
-    requests: list[Request | RequestError]  # per row
-    explain: list[bool]  # per row: its own "explain" header
-    row_of: list[int] = field(default_factory=list)  # per review: its row
-    answers: list[Answer] = field(default_factory=list)  # per review: answer or error
-    reviews: dict[int, Review] = field(default_factory=dict)  # the reviews that reached the model
-    encoded: EncodedBatch | None = None  # [R, T] ids of ``order``'s reviews
-    order: list[int] = field(default_factory=list)  # encoded row -> review number
 
 
 class SentimentHandler(BaseHandler):
@@ -224,7 +208,7 @@ class SentimentHandler(BaseHandler):
             device.after_batch(self.device, batch.encoded.ids.numel(), self.settings)
         return replies
 
-    def _reply(self, row: int, request: Request, answers: list[Answer], batch: Batch) -> dict:
+    def _reply(self, row: int, request: Request, answers: list, batch: Batch) -> dict:
         failed = [a for a in answers if isinstance(a, RequestError)]
         if request.protocol is None:
             return self._error(row, failed[0], batch.per_request) if failed else answers[0]

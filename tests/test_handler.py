@@ -379,7 +379,7 @@ def test_a_tokenizer_failure_is_that_reviews_400(handler, model_dir, metrics, mo
             {'{"text": "Best film ever", "method": "gausslegendre", "n_steps": 8, "adaptive": false}': bytearray()},
             None,
         ),  # curl -d
-        ({"Best film ever": bytearray()}, "Best film ever"),  # curl --data-binary 'Best film ever'
+        ({"Best film ever": bytearray()}, "Best film ever"),  # curl -d 'Best film ever='
     ],
 )
 def test_bodies_are_read_by_one_content_type_rule(handler, model_dir, metrics, row, text):
