@@ -78,6 +78,7 @@ class SentimentHandler(BaseHandler):
     def preprocess(self, data: list) -> Batch:
         """Each row -> its request (or its error); each review -> decoded, tokenized, encoded."""
         per_request = self._per_request(len(data))
+        self.serving_metrics.batch(self.context.request_ids)
         batch = Batch(
             time.perf_counter(),
             per_request,

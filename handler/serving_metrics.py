@@ -29,6 +29,7 @@ class ServingMetrics:
     def __init__(self, cache, model_name: str, model_version: str | None):
         self.values = [model_name, model_version or "unversioned"]
         self.metrics = {}
+        self.request_ids = ""  # the current batch's ids, logged with each metric line as TorchServe's own do
         if cache is None:
             return
         kinds = [(n, "Count", MetricTypes.COUNTER) for n in COUNTERS]
@@ -39,11 +40,14 @@ class ServingMetrics:
             except MetricsCacheKeyError:
                 self.metrics[name] = cache.add_metric_to_cache(name, unit, DIMENSIONS, kind)
 
+    def batch(self, request_ids: dict | None) -> None:
+        self.request_ids = ",".join((request_ids or {}).values())
+
     def count(self, name: str, value: int) -> None:
-        """Add ``value`` to counter ``name``; zero is not logged (a counter that stays 0 costs a line a batch)."""
-        if value and name in self.metrics:
-            self.metrics[name].add_or_update(value, self.values)
+        """Add ``value`` to counter ``name`` (zero too: the series then exists from the first batch on)."""
+        if name in self.metrics:
+            self.metrics[name].add_or_update(value, self.values, self.request_ids)
 
     def observe(self, name: str, seconds: float) -> None:
         if name in self.metrics:
-            self.metrics[name].add_or_update(round(seconds, 6), self.values)
+            self.metrics[name].add_or_update(round(seconds, 6), self.values, self.request_ids)
