@@ -24,7 +24,7 @@ json_values = st.recursive(
 # Objects that look like ours: a text, some options (good, bad or unknown), maybe KServe wrappers.
 options = st.dictionaries(st.sampled_from([*OPTION_TYPES, "text", "data", "é", "a\nb"]), json_values, max_size=4)
 ours = st.one_of(
-    st.builds(lambda o, t: {**o, "text": t}, options, st.text(max_size=60)),
+    st.builds(lambda o, t: {**o, "text": t}, options, st.text(max_size=60) | json_values),
     st.builds(lambda items: {"instances": items}, st.lists(json_values | st.text(max_size=40), max_size=5)),
     st.builds(
         lambda name, dtype, data, shape: {"inputs": [{"name": name, "datatype": dtype, "data": data, "shape": shape}]},
