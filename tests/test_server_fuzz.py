@@ -100,7 +100,7 @@ json_values = st.recursive(
     max_leaves=10,
 )
 ours = st.fixed_dictionaries(
-    {"text": st.text(max_size=60)},
+    {"text": st.text(max_size=60) | json_values},
     optional={k: json_values for k in ("method", "n_steps", "adaptive", "rtol", "ties", "x", "é")},
 )
 bodies = st.one_of(
