@@ -127,5 +127,8 @@ def test_fuzzed_requests_never_get_a_5xx(server: Client, body: bytes, content_ty
 
 
 def test_the_worker_survived_the_fuzz(server: Client) -> None:
-    # Runs after the tests above (file order): the worker that started is the one still answering.
+    # Runs after the tests above (file order): the worker that started is the one still answering,
+    # and the frontend never lost it (it reports a dead worker's PID for seconds, its log at once).
+    log = (server.server.workdir / "logs" / "ts_log.log").read_text(errors="replace")
+    assert "Worker disconnected" not in log and "Retry worker" not in log
     assert worker_pids(server) == server.first_pids and len(server.first_pids) == 1
