@@ -2,6 +2,9 @@
 
 The client's ``--local`` mode, the benchmark, the GPU check, the README pictures and tests use it.
 It takes plain strings, so nothing outside the serving side needs to know the handler's types.
+The handler reads the ``handler:`` section of ``model-config.yaml`` through ``handler.settings``
+(the defaults there when the file is absent, e.g. an installed client: they equal the shipped YAML).
+Metrics go to TorchServe's metrics cache with its own metrics.yaml, as in a worker (logged, not served).
 Imports TorchServe only when called.
 """
 
@@ -16,13 +19,17 @@ MODEL_CONFIG = Path(__file__).resolve().parent.parent / "model-config.yaml"
 def local_handler(model_dir: Path, model_config: Path | None = None, batch_size: int = 8, gpu_id: int | None = None):
     """(SentimentHandler, ts Context) initialised as a TorchServe worker would, with batchSize
     ``batch_size``, on GPU ``gpu_id`` (None: the CPU)."""
+    import ts
     import yaml
     from ts.context import Context
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
     from handler.sentiment_handler import SentimentHandler
 
     config_path = model_config or MODEL_CONFIG
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+    metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    metrics.initialize_cache()
     context = Context(
         MODEL,
         str(model_dir),
@@ -30,7 +37,7 @@ def local_handler(model_dir: Path, model_config: Path | None = None, batch_size:
         batch_size,
         gpu_id,
         "0.12.0",
-        metrics=None,
+        metrics=metrics,
         model_yaml_config=config,
     )
     handler = SentimentHandler()
@@ -48,6 +55,7 @@ def answer(handler, context, texts: list[str], explain: bool) -> list[dict]:
         chunk = texts[start : start + size]
         context.request_processor = [RequestProcessor({"explain": str(explain)}) for _ in chunk]
         context.request_ids = {i: str(start + i) for i in range(len(chunk))}
+        context.metrics.set_request_ids(context.request_ids)
         results += handler.handle([{"body": t.encode()} for t in chunk], context)
     return results
 

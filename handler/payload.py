@@ -1,17 +1,41 @@
-"""Request and response payloads: decode and validate one request, encode one answer.
+"""Request and response payloads: one TorchServe row -> its reviews or a 4xx; one result -> its JSON.
 
-Every function here works on a single request so that one bad request becomes one 4xx answer
-and never touches the others of its batch.
+Every function here works on a single request, so one bad request becomes one 4xx answer and
+never touches the others of its batch. Each body is parsed once (``read_body``).
+
+**Content types** (one rule, for curl's defaults too). A body is JSON when its type says JSON
+(TorchServe then hands over the parsed object) or when it starts with ``{`` (after white space),
+whatever its type; it must then parse as a JSON object. Anything else is the review text.
+Options are never dropped silently: an unknown field is a 400.
+
+A form body (``application/x-www-form-urlencoded``, curl's default for ``-d``) is decoded by
+TorchServe's frontend, which hands over only its ``name=value`` fields, URL-decoded (``+`` is a
+space): a ``text`` field is the review and the other fields its options, as in JSON
+(``curl -d 'text=great film' -d n_steps=8``). Without a ``text`` field the body is rebuilt from
+the fields (``k=v`` joined by ``&``) and read by the rule above. A part without ``=`` never
+reaches the handler (``curl -d 'great film'`` arrives as no field at all), so a form with no
+field is a 400 that says how to send the review instead.
+
+**Errors** keep TorchServe's own error shape, so one check serves its errors and ours:
+``{"code": <status>, "type": "...", "message": "...", "request_id": "..."}``. User-supplied
+names in a message are escaped to ASCII and truncated; the HTTP reason phrase is a fixed ASCII
+phrase per status (``RequestError.phrase``), never the message.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from handler.attribution import METHODS, Attribution
+from handler.attribution import Attribution, IGSettings
+
+# Reason phrases handed to TorchServe: fixed, short, ASCII (the frontend counts characters, not bytes).
+PHRASES = {400: "Bad Request", 413: "Payload Too Large"}
+# The request options a client may send, and their JSON types.
+OPTION_TYPES = {"method": str, "n_steps": int, "adaptive": bool, "rtol": float, "ties": str}
+_NAME_CHARS = 40
 
 
 class RequestError(ValueError):
@@ -21,64 +45,37 @@ class RequestError(ValueError):
         super().__init__(message)
         self.code = code
 
+    @property
+    def phrase(self) -> str:
+        return PHRASES.get(self.code, "Bad Request")
+
+
+def quoted(name: Any) -> str:
+    """A user-supplied name for a message: ASCII-escaped, quoted and cut to a few dozen characters."""
+    text = json.dumps(str(name), ensure_ascii=True)
+    return text if len(text) <= _NAME_CHARS else text[: _NAME_CHARS - 4] + '..."'
+
 
 @dataclass(frozen=True)
 class Limits:
+    """What one request may ask: its size, its KServe width and its explanation options."""
+
+    explain: IGSettings  # the configured defaults; requests override some of them
     max_chars: int = 100_000  # body size guard, before tokenizing
-    max_n_steps: int = 1024
-    min_n_steps: int = 2
     max_instances: int = 64  # reviews in one KServe request (v1 instances, v2 BYTES elements)
 
 
 @dataclass
 class Review:
     text: str
-    options: dict[str, Any] = field(default_factory=dict)  # explanation overrides, validated
-
-
-_OPTION_TYPES = {"n_steps": int, "method": str, "adaptive": bool, "rtol": float}
-
-
-def decode(item: Any, limits: Limits) -> Review:
-    """One request body -> Review. Accepts TorchServe rows ({"data"| "body": ...}), raw bytes/str,
-    JSON objects with "text" (KServe v1 instances may also use "data"), and KServe v2 BYTES inputs."""
-    if isinstance(item, dict) and ("body" in item or "data" in item) and "text" not in item:
-        body = item.get("data") if item.get("data") is not None else item.get("body")
-        if isinstance(item.get("datatype"), str) and item["datatype"] != "BYTES":
-            raise RequestError("KServe v2 input must have datatype BYTES (the review text)")
-    else:
-        body = item
-    if isinstance(body, (bytes, bytearray)):
-        if len(body) > 4 * limits.max_chars:
-            raise RequestError(f"request body is larger than {limits.max_chars} characters", 413)
-        try:
-            body = bytes(body).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise RequestError(f"request body is not valid UTF-8 (byte {e.start})") from None
-        stripped = body.lstrip()
-        if stripped.startswith("{"):
-            try:
-                body = json.loads(body)
-            except json.JSONDecodeError as e:
-                raise RequestError(
-                    f"request body looks like JSON but does not parse: {e.msg} at char {e.pos}"
-                ) from None
-            except RecursionError:  # hostile nesting, e.g. {"a": {"a": ... 100,000 levels
-                raise RequestError("request body nests JSON too deeply") from None
-    if isinstance(body, list) and len(body) == 1:
-        body = body[0]  # KServe v2 BYTES data arrives as a one-element list
-    if isinstance(body, dict):
-        return _from_json(body, limits)
-    if isinstance(body, str):
-        return Review(_check_text(body, limits))
-    raise RequestError(f"expected review text or a JSON object with 'text', got {type(body).__name__}")
+    settings: IGSettings  # the explanation settings this review asked for (the defaults when none)
 
 
 @dataclass
 class Request:
-    """One TorchServe row as a list of instances, each to go through ``decode``.
+    """One TorchServe row as a list of instances, each to go through ``review``.
 
-    ``protocol`` is None for a plain request (its one instance is the row itself), else "v1" or
+    ``protocol`` is None for a plain request (its one instance is the body itself), else "v1" or
     "v2". For v2, ``inputs`` keeps (name, number of reviews) per input in order, so that the
     answers can be split back into outputs, and ``id`` the body's id.
     """
@@ -89,27 +86,94 @@ class Request:
     id: str | None = None
 
 
-def parse_request(row: Any, limits: Limits) -> Request:
+# --- bodies -------------------------------------------------------------------------------------
+
+
+def read_body(row: Any, limits: Limits) -> dict | str:
+    """A TorchServe row -> the parsed JSON object or the review text, by the content-type rule."""
+    if isinstance(row, dict) and ("body" in row or "data" in row):
+        body = row["data"] if row.get("data") is not None else row.get("body")
+    elif isinstance(row, dict):
+        return _form(row, limits)
+    else:
+        body = row
+    if isinstance(body, (bytes, bytearray)):
+        body = _utf8(body, limits)
+    if isinstance(body, str):
+        return _sniff(body)
+    if isinstance(body, dict):
+        return body
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], (dict, str)):
+        return body[0] if isinstance(body[0], dict) else _sniff(body[0])
+    raise RequestError(f"expected review text or a JSON object with 'text', got {type(body).__name__}")
+
+
+def _utf8(body: bytes | bytearray, limits: Limits) -> str:
+    if len(body) > 4 * limits.max_chars:  # 4 bytes per character at most
+        raise RequestError(f"request body is larger than {limits.max_chars} characters", 413)
+    try:
+        return bytes(body).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"request body is not valid UTF-8 (byte {e.start})") from None
+
+
+def _sniff(text: str) -> dict | str:
+    """Text that starts with ``{`` is JSON and must parse as an object; other text is the review."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError(f"request body looks like JSON but does not parse: {e.msg} at char {e.pos}") from None
+    except RecursionError:  # hostile nesting, e.g. {"a": {"a": ... 100,000 levels
+        raise RequestError("request body nests JSON too deeply") from None
+    except ValueError as e:  # e.g. an integer beyond Python's int-digit limit
+        raise RequestError(f"request body has a JSON value Python cannot read: {str(e)[:80]}") from None
+    if not isinstance(parsed, dict):
+        raise RequestError("request body looks like JSON but is not an object")
+    return parsed
+
+
+def _form(fields: dict, limits: Limits) -> dict | str:
+    """Form fields (TorchServe's dict for a form body): a ``text`` field is the review, the others
+    its options; without ``text``, the body as sent, rebuilt from the fields, read as any body."""
+    if not fields:
+        raise RequestError(
+            "empty form body: TorchServe passes on only name=value fields of a form (curl -d without a "
+            "Content-Type); send text=<review>, or the review as text/plain, or JSON as application/json"
+        )
+    values = {str(k): _utf8(v, limits) if isinstance(v, (bytes, bytearray)) else v for k, v in fields.items()}
+    if not all(isinstance(v, str) for v in values.values()):
+        raise RequestError("form fields must be text")
+    if "text" in values:
+        return {k: v if k == "text" else _form_value(v) for k, v in values.items()}
+    return _sniff("&".join(f"{k}={v}" if v else k for k, v in values.items()))
+
+
+def _form_value(value: str) -> Any:
+    """A form option's value: a JSON number or boolean when it reads as one, else the string."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if isinstance(parsed, (int, float, bool)) else value
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+def parse_request(body: dict | str, limits: Limits) -> Request:
     """Tell a KServe v1 ({"instances": [...]}) or v2 ({"inputs": [...]}) body from a plain one.
 
     The handler, not TorchServe's service envelope, reads KServe bodies: the envelopes read only
-    request 0 of a frontend batch, this works per row. A body that is not a JSON object with
-    "instances" or "inputs" is a plain request and left to ``decode`` (which reports its errors).
-    A malformed KServe body raises RequestError: there is no instance to answer in its place.
+    request 0 of a frontend batch, this works per row. A malformed KServe body raises
+    RequestError: there is no instance to answer in its place.
     """
-    body = row
-    if isinstance(row, dict) and ("body" in row or "data" in row):
-        body = row["data"] if row.get("data") is not None else row.get("body")
-    if isinstance(body, (bytes, bytearray)) and bytes(body).lstrip().startswith(b"{"):
-        try:
-            body = json.loads(body)
-        except (ValueError, RecursionError):
-            return Request([row])  # decode says what is wrong with it
     if isinstance(body, dict) and "instances" in body:
         return Request(_instances(body["instances"], "'instances'", limits), "v1")
     if isinstance(body, dict) and "inputs" in body:
         return _v2_request(body, limits)
-    return Request([row])
+    return Request([body])
 
 
 def _instances(items: Any, what: str, limits: Limits) -> list:
@@ -123,76 +187,76 @@ def _instances(items: Any, what: str, limits: Limits) -> list:
 def _v2_request(body: dict, limits: Limits) -> Request:
     """v2 (Open Inference Protocol): each element of a BYTES input's data is one review."""
     inputs = _instances(body["inputs"], "'inputs'", limits)
-    request = Request([], "v2", id=body.get("id") if isinstance(body.get("id"), str) and body["id"].strip() else None)
+    request_id = body.get("id") if isinstance(body.get("id"), str) and body["id"].strip() else None
+    request = Request([], "v2", id=request_id)
     for k, item in enumerate(inputs):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise RequestError(f"input {k} must be an object with a 'name'")
+        name = quoted(item["name"])
         if item.get("datatype") != "BYTES":
-            raise RequestError(f"input '{item['name']}' must have datatype BYTES (the review text)")
+            raise RequestError(f"input {name} must have datatype BYTES (the review text)")
         data, shape = item.get("data"), item.get("shape")
         if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-            raise RequestError(f"input '{item['name']}' needs a 'shape' list of sizes")
-        data = _instances(data, f"'data' of input '{item['name']}'", limits)
+            raise RequestError(f"input {name} needs a 'shape' list of sizes")
+        data = _instances(data, f"'data' of input {name}", limits)
         if math.prod(shape) != len(data):
-            raise RequestError(f"input '{item['name']}' has shape {shape} but {len(data)} data elements")
+            raise RequestError(f"input {name} has shape {shape} but {len(data)} data elements")
         request.instances += data
         request.inputs.append((item["name"], len(data)))
     _instances(request.instances, "'inputs'", limits)  # the limit holds for the request, not per input
     return request
 
 
-def kserve_response(
-    request: Request,
-    answers: list[dict],
-    explain: bool,
-    request_id: str | None,
-    model_name: str,
-    model_version: str | None,
-) -> dict:
-    """The KServe answer of one request; ``answers`` holds one dict (or error body) per instance.
-
-    v2 outputs mirror the inputs: one output per input, named like it, with one answer per review.
-    """
-    if request.protocol == "v1":
-        return {"explanations" if explain else "predictions": answers}
-    outputs, start = [], 0
-    for name, n in request.inputs:
-        outputs.append({"name": name, "shape": [n], "datatype": "BYTES", "data": answers[start : start + n]})
-        start += n
-    return {
-        "id": request.id or request_id,
-        "model_name": model_name,
-        "model_version": model_version,
-        "outputs": outputs,
-    }
+def envelope_instance(item: Any) -> Any:
+    """An instance as TorchServe's own KServe envelopes hand it over (rows are instances there):
+    a v1 instance, or a v2 input whose ``data`` is the review."""
+    if isinstance(item, dict) and "name" in item and "datatype" in item:
+        if item["datatype"] != "BYTES":
+            raise RequestError("KServe v2 input must have datatype BYTES (the review text)")
+        data = item.get("data")
+        return data[0] if isinstance(data, list) and len(data) == 1 else data
+    return item
 
 
-def _from_json(obj: dict, limits: Limits) -> Review:
-    text = obj.get("text", obj.get("data"))
+# --- one review ---------------------------------------------------------------------------------
+
+
+def review(instance: Any, limits: Limits) -> Review:
+    """One instance (review text or a JSON object with "text" and options) -> a validated Review."""
+    if isinstance(instance, (bytes, bytearray)):
+        instance = _utf8(instance, limits)
+    if isinstance(instance, str):
+        return Review(_check_text(instance, limits), limits.explain)
+    if not isinstance(instance, dict):
+        raise RequestError(f"expected review text or a JSON object with 'text', got {type(instance).__name__}")
+    text = instance.get("text", instance.get("data"))  # KServe v1 instances may use "data"
     if text is None:
         raise RequestError("JSON body needs a 'text' field with the review")
     if not isinstance(text, str):
         raise RequestError(f"'text' must be a string, got {type(text).__name__}")
-    unknown = set(obj) - {"text", "data"} - set(_OPTION_TYPES)
+    options = {k: v for k, v in instance.items() if k not in ("text", "data")}
+    return Review(_check_text(text, limits), explain_settings(options, limits.explain))
+
+
+def explain_settings(options: dict, defaults: IGSettings) -> IGSettings:
+    """The one place request options are checked: known names, JSON types, then the engine's own
+    rules (``IGSettings``) and the bound on ``rtol``."""
+    unknown = sorted(set(options) - set(OPTION_TYPES))
     if unknown:
-        raise RequestError(f"unknown field(s): {', '.join(sorted(unknown))}; allowed: text, {', '.join(_OPTION_TYPES)}")
-    options = {}
-    for key, kind in _OPTION_TYPES.items():
-        if key not in obj:
-            continue
-        value = obj[key]
+        names = ", ".join(quoted(k) for k in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise RequestError(f"unknown field(s): {names}; allowed: text, {', '.join(OPTION_TYPES)}")
+    for key, value in options.items():
+        kind = OPTION_TYPES[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            options[key] = value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise RequestError(f"'{key}' must be {kind.__name__}, got {type(value).__name__}")
-        options[key] = value
-    if "n_steps" in options and not limits.min_n_steps <= options["n_steps"] <= limits.max_n_steps:
-        raise RequestError(f"'n_steps' must be between {limits.min_n_steps} and {limits.max_n_steps}")
-    if "method" in options and options["method"] not in METHODS:
-        raise RequestError(f"'method' must be one of {', '.join(METHODS)}")
     if "rtol" in options and not (math.isfinite(options["rtol"]) and 0 < options["rtol"] < 1):
         raise RequestError("'rtol' must be a number in (0, 1)")
-    return Review(_check_text(text, limits), options)
+    try:
+        return replace(defaults, **options)
+    except ValueError as err:  # IGSettings: method, n_steps range, ties, exact needs the fast engine
+        raise RequestError(f"bad explanation option: {err}") from None
 
 
 def _check_text(text: str, limits: Limits) -> str:
@@ -200,16 +264,29 @@ def _check_text(text: str, limits: Limits) -> str:
         raise RequestError(f"review is longer than {limits.max_chars} characters", 413)
     if not text.strip():
         raise RequestError("review text is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate, e.g. an escaped "\ud800" in JSON
+        raise RequestError(f"review text is not valid Unicode (character {e.start})") from None
     return text
 
 
-def error_body(err: RequestError) -> dict:
-    return {"code": err.code, "type": "BadRequest" if err.code == 400 else "RequestError", "message": str(err)}
+# --- answers ------------------------------------------------------------------------------------
 
 
-def prediction(logit: float, labels: tuple[str, str], n_tokens: int, truncated: bool, n_unknown: int) -> dict:
-    """The answer of /predictions; the explanation adds to it."""
-    p_pos = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
+def error_body(err: RequestError, request_id: str | None = None) -> dict:
+    """TorchServe's error shape plus the request id: ``{"code", "type", "message", "request_id"}``."""
+    kind = "BadRequest" if err.code == 400 else "RequestError"
+    return {"code": err.code, "type": kind, "message": str(err), "request_id": request_id}
+
+
+def prediction(
+    logit: float, labels: tuple[str, str], n_tokens: int, truncated: bool, n_unknown: int, temperature: float = 1.0
+) -> dict:
+    """The answer of /predictions; the explanation adds to it. ``score`` is the calibrated
+    probability sigmoid(logit / temperature); ``logit`` stays raw."""
+    z = logit / temperature
+    p_pos = 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
     return {
         "label": labels[1] if logit > 0 else labels[0],
         "score": p_pos,
@@ -221,7 +298,7 @@ def prediction(logit: float, labels: tuple[str, str], n_tokens: int, truncated: 
     }
 
 
-def explanation(base: dict, tokens: list[str], attr: Attribution, row: int) -> dict:
+def explanation(base: dict, tokens: list[str], attr: Attribution, row: int, ties: str) -> dict:
     """Add Layer-IG fields for ``row`` of a batch result; padding is excluded from the tokens."""
     raw = attr.attributions[row, : len(tokens)].tolist()
     norm = math.sqrt(sum(a * a for a in raw)) or 1.0
@@ -236,4 +313,21 @@ def explanation(base: dict, tokens: list[str], attr: Attribution, row: int) -> d
         "method": attr.method,
         "n_steps": int(attr.n_steps[row]),
         "engine": attr.engine,
+        "ties": ties,
     }
+
+
+def kserve_response(
+    request: Request, answers: list[dict], explain: bool, request_id: str | None, model_name: str, version: str | None
+) -> dict:
+    """The KServe answer of one request; ``answers`` holds one dict (or error body) per instance.
+
+    v2 outputs mirror the inputs: one output per input, named like it, with one answer per review.
+    """
+    if request.protocol == "v1":
+        return {"explanations" if explain else "predictions": answers}
+    outputs, start = [], 0
+    for name, n in request.inputs:
+        outputs.append({"name": name, "shape": [n], "datatype": "BYTES", "data": answers[start : start + n]})
+        start += n
+    return {"id": request.id or request_id, "model_name": model_name, "model_version": version, "outputs": outputs}

@@ -1,14 +1,24 @@
-"""TorchServe handler: wires payloads, the text pipeline, the model and Layer IG together.
+"""TorchServe handler: TorchServe's own four stages over one frontend batch.
 
-Unlike TorchServe's stock handlers, every request of a batch is judged on its own: its own
-``explain`` header (the frontend sends "True"/"False"), its own validation (a bad request gets
-its own 4xx via ``context.set_response_status``) and its own explanation. Mixed batches are
-served in one pass: one forward for the predictions and one Layer-IG call per distinct set of
-explanation options, which also yields the explained rows' logits.
+``BaseHandler.handle`` runs the stages and keeps TorchServe's own timing (``HandlerTime``):
+``preprocess`` reads every request of the batch on its own (its ``explain`` header, its body,
+its validation: a bad request gets its own 4xx and never touches the others), ``inference``
+answers all reviews together (one forward for the predictions, one Layer-IG call per distinct
+set of explanation settings), and ``postprocess`` puts one answer back per request.
+
+``BaseHandler`` picks ``explain_handle`` from request 0's header alone; here every request keeps
+its own header, so ``explain_handle`` is the same two stages.
 
 KServe v1 and v2 bodies are read here too, per request (``payload.parse_request``), so KServe
-works with batching and without TorchServe's service envelope: the reviews of all requests of a
-batch are answered together and each request gets its own KServe answer and status.
+works with batching and without TorchServe's service envelope.
+
+**Errors.** A bad request (or a bad review of a KServe request) is answered with TorchServe's
+error shape ``{"code": <status>, "type": "BadRequest" | "RequestError", "message": "...",
+"request_id": "..."}``, also over gRPC (where the status is OK and this object is the payload,
+so clients check ``"code"``). Its HTTP status is 400 or 413 with a fixed ASCII reason phrase; the
+details, with user-supplied names escaped and truncated, are only in the body. A KServe request
+gets 200 with the error objects inline unless all its reviews fail. Every failure to decode or
+tokenize one request is that request's 4xx, never the batch's 503.
 """
 
 from __future__ import annotations
@@ -16,189 +26,214 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 
 import torch
-from ts.metrics.dimension import Dimension
-from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler import payload
+from handler import checksums, device, payload
 from handler.attribution import IGSettings, fast_engine_applies, layer_ig, prepare_quadrature
+from handler.batch import Batch
 from handler.model import load_model, predict_logits, token_taps
-from handler.text import Vocab, encode, tokenize
+from handler.payload import Request, RequestError
+from handler.serving_metrics import ServingMetrics
+from handler.settings import HandlerSettings
+from handler.text import EncodedBatch, TextSettings, Vocab, encode, tokenize
 
 logger = logging.getLogger(__name__)
 
 
 class SentimentHandler(BaseHandler):
     def initialize(self, context) -> None:
-        props = context.system_properties
-        self.model_dir = Path(props.get("model_dir") or ".")
-        cfg = dict((getattr(context, "model_yaml_config", None) or {}).get("handler") or {})
-        gpu_id = props.get("gpu_id")
-        if gpu_id is not None and torch.cuda.is_available():
-            self.device = torch.device(f"cuda:{gpu_id}")
-            # Explanations must match Captum in float32; TF32 convolutions moved them by ~3e-3.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-        else:
-            self.device = torch.device("cpu")
-        if cfg.get("torch_threads"):
-            # A worker shares the cores with TorchServe's frontend (and other workers): measured on
-            # 2 cores, one intra-op thread gave 5x the explanation throughput of torch's default.
-            torch.set_num_threads(int(cfg["torch_threads"]))
+        self.manifest = context.manifest
+        self.model_dir = Path(context.system_properties.get("model_dir") or ".")
+        checksums.verify(self.model_dir)  # before any weight is read
+        self.settings = HandlerSettings.from_section((context.model_yaml_config or {}).get("handler"))
+        self.text = TextSettings.load(self.model_dir)
+        self.device = device.select(context.system_properties.get("gpu_id"), self.settings)
         self.model = load_model(self.model_dir, self.device)
         self.vocab = Vocab.load(self.model_dir)
-        self.labels = tuple(cfg.get("labels", ("neg", "pos")))
-        self.min_len = int(cfg.get("min_len", 7))
-        self.max_tokens = int(cfg.get("max_tokens", 512))
         widest = max(self.model.config.filter_sizes)
-        if self.min_len < widest:
-            raise ValueError(f"min_len {self.min_len} is below the widest filter ({widest})")
-        explain = dict(cfg.get("explain") or {})
-        gpu_chunk = explain.pop("gpu_chunk_elements", None)
-        if self.device.type == "cuda" and gpu_chunk:  # a GPU wants few, large chunks
-            explain["chunk_elements"] = gpu_chunk
-        known = {f.name for f in fields(IGSettings)}
-        self.ig = IGSettings(**{k: v for k, v in explain.items() if k in known})
-        self.limits = payload.Limits(
-            max_chars=int(cfg.get("max_chars", 100_000)),
-            max_n_steps=self.ig.max_steps,
-            max_instances=int(cfg.get("max_instances", 64)),
-        )
-        self.manifest = context.manifest
+        if self.text.min_len < widest:
+            raise ValueError(f"text min_len {self.text.min_len} is below the widest filter ({widest})")
+        self.record = json.loads(Path(self.model_dir, "model_config.json").read_text())
+        self.temperature = float((self.record.get("calibration") or {}).get("temperature", 1.0))
+        self.ig = self.settings.explain.ig(on_gpu=self.device.type == "cuda")
+        self.limits = payload.Limits(self.ig, self.settings.max_chars, self.settings.max_instances)
         self.version = ((self.manifest or {}).get("model") or {}).get("modelVersion")
-        metrics_file = self.model_dir / "metrics.json"  # the shipped model's own record, for describe
-        shipped = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        self.shipped = {k: shipped.get(k) for k in ("test_accuracy", "val_accuracy", "n_test", "data_sha256")}
+        self.serving_metrics = ServingMetrics(context.metrics, context.model_name, self.version)
         prepare_quadrature(self.ig)  # the rules adaptive steps may reach, computed now, not in a request
-        # Predictions and the fast engine run on the model's tap tables: built now too.
         self.forward = self.model
-        if fast_engine_applies(self.model):
+        if fast_engine_applies(self.model):  # predictions and the fast engine run on tap tables: built now
             token_taps(self.model)
             self.forward = partial(predict_logits, self.model)
         self.initialized = True
         logger.info(
-            "imdb_sentiment on %s, vocab %d, explain %s (fast engine applies: %s)",
-            self.device,
-            len(self.vocab),
-            self.ig,
-            fast_engine_applies(self.model),
+            "imdb_sentiment %s on %s, vocab %d, explain %s", self.version, self.device, len(self.vocab), self.ig
         )
 
-    def handle(self, data: list, context) -> list:
-        """Answer a frontend batch: all reviews of all its requests in one pass, one answer per request.
+    # --- preprocess -----------------------------------------------------------------------------
 
-        A request is a plain review or a KServe v1/v2 body of several reviews (``payload.parse_request``);
-        the reviews of all requests are flattened into one list, answered together, and put back.
-        """
-        self.context = context
-        if self._is_describe():
-            return [self.describe_handle()]
-        started = time.perf_counter()
-        n = len(data)
-        # TorchServe rows map 1:1 to requests, except under TorchServe's own KServe envelopes: they
-        # hand over the instances of request 0, which are then answered as plain rows of request 0.
-        per_request = context.request_ids is not None and len(context.request_ids) == n
-        requests: list[payload.Request | payload.RequestError] = []
-        for i, row in enumerate(data):
-            try:
-                requests.append(payload.parse_request(row, self.limits) if per_request else payload.Request([row]))
-            except payload.RequestError as err:
-                requests.append(err)
-        row_explain = [self._header(i if per_request else 0, "explain") for i in range(n)]
-        items = [(i, item) for i, r in enumerate(requests) if isinstance(r, payload.Request) for item in r.instances]
-        explain = [row_explain[i] for i, _ in items]
-        out: list[dict | payload.RequestError | None] = [None] * len(items)
-        reviews = {}
-        for k, (_, item) in enumerate(items):
-            try:
-                reviews[k] = payload.decode(item, self.limits)
-            except payload.RequestError as err:
-                out[k] = err
-        rows = sorted(reviews)
-        token_lists = tokenize([reviews[k].text for k in rows])
-        for k, tokens in zip(list(rows), token_lists):
-            if not tokens:
-                rows.remove(k)
-                out[k] = payload.RequestError("review has no tokens after tokenizing")
-        token_lists = [t for t in token_lists if t]
-        if rows:
-            batch = encode(token_lists, self.vocab, self.min_len, self.max_tokens).to(self.device)
-            self._answer(rows, batch, reviews, explain, out)
-            self._metrics(batch, explain, rows, started)
-        errors = sum(isinstance(r, payload.RequestError) for r in requests + out)
-        if errors:
-            self._metric("RequestErrors", errors, "Count")
-        return self._reply(requests, out, row_explain, per_request)
+    def preprocess(self, data: list) -> Batch:
+        """Each row -> its request (or its error); each review -> decoded, tokenized, encoded."""
+        per_request = self._per_request(len(data))
+        self.serving_metrics.batch(self.context.request_ids)
+        batch = Batch(
+            time.perf_counter(),
+            per_request,
+            [self._read(row, per_request) for row in data],
+            [self._header(i if per_request else 0, "explain") for i in range(len(data))],
+        )
+        for row, request in enumerate(batch.requests):
+            for instance in request.instances if isinstance(request, Request) else ():
+                batch.row_of.append(row)
+                batch.answers.append(self._review(instance, batch))
+        self._encode(batch)
+        return batch
 
-    def _reply(self, requests: list, out: list, row_explain: list[bool], per_request: bool) -> list:
-        """One answer per row: plain rows get their answer or error (and its status); KServe rows
-        their envelope, 200 if any review succeeded, else the status of the first error."""
-        replies, pos = [], 0
-        for i, request in enumerate(requests):
-            if isinstance(request, payload.RequestError):
-                replies.append(self._error(i, request, per_request))
+    def _per_request(self, n_rows: int) -> bool:
+        """TorchServe rows map 1:1 to requests, except under TorchServe's own KServe envelopes: they
+        hand over the instances of request 0, which are then answered as rows of request 0."""
+        ids = self.context.request_ids
+        return ids is not None and len(ids) == n_rows
+
+    def _read(self, row, per_request: bool) -> Request | RequestError:
+        try:
+            if not per_request:
+                return Request([payload.envelope_instance(row)])
+            return payload.parse_request(payload.read_body(row, self.limits), self.limits)
+        except RequestError as err:
+            return err
+
+    def _review(self, instance, batch: Batch) -> RequestError | None:
+        try:
+            batch.reviews[len(batch.answers)] = payload.review(instance, self.limits)
+        except RequestError as err:
+            return err
+        return None
+
+    def _encode(self, batch: Batch) -> None:
+        """Tokenize the decoded reviews; one that cannot be tokenized, or has no tokens, is its own 400."""
+        numbers = sorted(batch.reviews)
+        token_lists = self._tokenize([batch.reviews[k].text for k in numbers])
+        kept = []
+        for k, tokens in zip(numbers, token_lists):
+            if isinstance(tokens, RequestError) or not tokens:
+                batch.answers[k] = tokens or RequestError("review has no tokens after tokenizing")
+                del batch.reviews[k]
+            else:
+                batch.order.append(k)
+                kept.append(tokens)
+        if kept:
+            batch.encoded = encode(kept, self.vocab, self.text.min_len, self.text.max_tokens).to(self.device)
+
+    def _tokenize(self, texts: list[str]) -> list[list[str] | RequestError]:
+        """All texts in one spaCy pass; if that raises, one by one, so the review at fault gets the 400."""
+        try:
+            return tokenize(texts, lowercase=self.text.lowercase)
+        except Exception:  # noqa: BLE001 - any tokenizer failure is one review's, found below
+            results: list[list[str] | RequestError] = []
+            for text in texts:
+                try:
+                    results += tokenize([text], lowercase=self.text.lowercase)
+                except Exception as err:  # noqa: BLE001
+                    results.append(RequestError(f"review could not be tokenized ({type(err).__name__})"))
+            return results
+
+    # --- inference ------------------------------------------------------------------------------
+
+    def inference(self, batch: Batch, *args, **kwargs) -> Batch:
+        """One forward for the reviews to predict, one Layer-IG call per distinct explanation settings."""
+        if batch.encoded is None:
+            return batch
+        explain = [batch.explain[batch.row_of[k]] for k in batch.order]
+        self._predict([j for j, e in enumerate(explain) if not e], batch)
+        groups: dict[IGSettings, list[int]] = {}
+        for j, e in enumerate(explain):
+            if e:
+                groups.setdefault(batch.reviews[batch.order[j]].settings, []).append(j)
+        for settings, rows in groups.items():
+            self._explain(settings, rows, batch)
+        return batch
+
+    def _predict(self, rows: list[int], batch: Batch) -> None:
+        if not rows:
+            return
+        enc = batch.encoded
+        with torch.inference_mode():
+            sel = torch.tensor(rows, device=self.device)
+            width = int(enc.lengths[sel].max())
+            logits = self.forward(enc.ids[sel, :width], enc.lengths[sel]).tolist()  # [R]
+        for j, logit in zip(rows, logits):
+            batch.answers[batch.order[j]] = self._base(enc, j, logit)
+
+    def _explain(self, settings: IGSettings, rows: list[int], batch: Batch) -> None:
+        enc = batch.encoded
+        sel = torch.tensor(rows, device=self.device)
+        width = int(enc.lengths[sel].max())
+        t0 = time.perf_counter()
+        attr = layer_ig(self.model, enc.ids[sel, :width], enc.lengths[sel], settings)
+        self.serving_metrics.observe("imdb_explanation_seconds", (time.perf_counter() - t0) / len(rows))
+        for i, j in enumerate(rows):
+            base = self._base(enc, j, float(attr.logits[i]))
+            batch.answers[batch.order[j]] = payload.explanation(base, enc.tokens[j], attr, i, settings.ties)
+
+    def _base(self, enc: EncodedBatch, j: int, logit: float) -> dict:
+        answer = payload.prediction(
+            logit, self.settings.labels, len(enc.tokens[j]), enc.truncated[j], enc.n_unknown[j], self.temperature
+        )
+        answer["model_version"] = self.version
+        return answer
+
+    def explain_handle(self, data_preprocess: Batch, raw_data: list) -> list:
+        """BaseHandler's explain path (taken when request 0 asks to explain): the same two stages,
+        because each request of the batch keeps its own explain header."""
+        return self.postprocess(self.inference(data_preprocess))
+
+    # --- postprocess ----------------------------------------------------------------------------
+
+    def postprocess(self, batch: Batch) -> list:
+        """One reply per row: a plain request's answer or error (and its status); a KServe request
+        its envelope, 200 if any review succeeded, else the status of its first error."""
+        replies, first = [], 0
+        for row, request in enumerate(batch.requests):
+            if isinstance(request, RequestError):
+                replies.append(self._error(row, request, batch.per_request))
                 continue
-            answers = out[pos : pos + len(request.instances)]
-            pos += len(request.instances)
-            if request.protocol is None:
-                (answer,) = answers
-                replies.append(
-                    self._error(i, answer, per_request) if isinstance(answer, payload.RequestError) else answer
-                )
-                continue
-            failed = [a for a in answers if isinstance(a, payload.RequestError)]
-            if len(failed) == len(answers):
-                self._error(i, failed[0], per_request)
-            bodies = [payload.error_body(a) if isinstance(a, payload.RequestError) else a for a in answers]
-            replies.append(
-                payload.kserve_response(
-                    request,
-                    bodies,
-                    row_explain[i],
-                    self.context.get_request_id(i),
-                    self.context.model_name,
-                    self.version,
-                )
-            )
+            answers = batch.answers[first : first + len(request.instances)]
+            first += len(request.instances)
+            replies.append(self._reply(row, request, answers, batch))
+        self._record(batch)
+        if batch.encoded is not None:
+            device.after_batch(self.device, batch.encoded.ids.numel(), self.settings)
         return replies
 
-    def _answer(self, rows, batch, reviews, explain, out) -> None:
-        """Fill ``out`` for the reviews ``rows``: one forward for the predictions, one Layer-IG call
-        per distinct explanation settings (which also yields the explained reviews' logits)."""
-        predict_pos = [k for k, i in enumerate(rows) if not explain[i]]
-        if predict_pos:
-            with torch.inference_mode():
-                sel = torch.tensor(predict_pos, device=self.device)
-                width = int(batch.lengths[sel].max())
-                logits = self.forward(batch.ids[sel, :width], batch.lengths[sel]).tolist()
-            for k, logit in zip(predict_pos, logits):
-                out[rows[k]] = self._base(batch, k, logit)
-        groups: dict[IGSettings, list[int]] = {}
-        for k, i in enumerate(rows):
-            if explain[i]:
-                try:
-                    settings = replace(self.ig, **reviews[i].options)
-                except ValueError as err:
-                    out[i] = payload.RequestError(str(err))
-                    continue
-                groups.setdefault(settings, []).append(k)
-        for settings, ks in groups.items():
-            sel = torch.tensor(ks, device=self.device)
-            width = int(batch.lengths[sel].max())
-            t0 = time.perf_counter()
-            attr = layer_ig(self.model, batch.ids[sel, :width], batch.lengths[sel], settings)
-            self._metric("ExplanationTimeMsPerReview", (time.perf_counter() - t0) * 1000 / len(ks), "ms", gauge=True)
-            for j, k in enumerate(ks):
-                base = self._base(batch, k, float(attr.logits[j]))
-                out[rows[k]] = payload.explanation(base, batch.tokens[k], attr, j)
+    def _reply(self, row: int, request: Request, answers: list, batch: Batch) -> dict:
+        failed = [a for a in answers if isinstance(a, RequestError)]
+        if request.protocol is None:
+            return self._error(row, failed[0], batch.per_request) if failed else answers[0]
+        if len(failed) == len(answers):
+            self._status(row, failed[0], batch.per_request)
+        bodies = [payload.error_body(a, self._request_id(row)) if isinstance(a, RequestError) else a for a in answers]
+        name = self.context.model_name
+        explain = batch.explain[row]
+        return payload.kserve_response(request, bodies, explain, self._request_id(row), name, self.version)
 
-    def _base(self, batch, k: int, logit: float) -> dict:
-        return payload.prediction(logit, self.labels, len(batch.tokens[k]), batch.truncated[k], batch.n_unknown[k])
+    def _error(self, row: int, err: RequestError, per_request: bool) -> dict:
+        self._status(row, err, per_request)
+        return payload.error_body(err, self._request_id(row))
+
+    def _status(self, row: int, err: RequestError, per_request: bool) -> None:
+        """The HTTP status with a fixed ASCII phrase: the frontend writes the phrase's length in
+        characters, so user text there would break the worker protocol (issue 11, defect 1)."""
+        logger.info("request %s: %d %s", self._request_id(row), err.code, err)
+        if per_request:
+            self.context.set_response_status(err.code, err.phrase, row)
+
+    def _request_id(self, row: int) -> str | None:
+        ids = self.context.request_ids or {}
+        return ids.get(row, ids.get(0))
 
     def _header(self, idx: int, key: str) -> bool:
         try:
@@ -206,45 +241,43 @@ class SentimentHandler(BaseHandler):
         except (IndexError, KeyError, TypeError, AttributeError):
             return False
 
-    def _error(self, idx: int, err: payload.RequestError, per_request: bool) -> dict:
-        if per_request:
-            self.context.set_response_status(err.code, str(err), idx)
-        return payload.error_body(err)
+    def _record(self, batch: Batch) -> None:
+        """Counters (rates come from the metrics backend) and the batch's handler time."""
+        m = self.serving_metrics
+        enc = batch.encoded
+        errors = [a for a in batch.requests + batch.answers if isinstance(a, RequestError)]
+        m.count("imdb_request_errors_total", len(errors))
+        if enc is not None:
+            m.count("imdb_reviews_total", len(batch.order))
+            m.count("imdb_explanations_total", sum(batch.explain[batch.row_of[k]] for k in batch.order))
+            m.count("imdb_review_tokens_total", sum(len(t) for t in enc.tokens))
+            m.count("imdb_unknown_tokens_total", sum(enc.n_unknown))
+            m.count("imdb_truncated_reviews_total", sum(enc.truncated))
+        m.observe("imdb_batch_seconds", time.perf_counter() - batch.started)
 
-    def _metrics(self, batch, explain, rows, started) -> None:
-        """Counters (rates come from the metrics backend) and gauges, declared in metrics.yaml."""
-        self._metric("ReviewsServed", len(rows), "Count")
-        self._metric("ReviewsExplained", sum(bool(explain[i]) for i in rows), "Count")
-        self._metric("ReviewTokens", sum(len(t) for t in batch.tokens), "Count")
-        self._metric("UnknownTokens", sum(batch.n_unknown), "Count")
-        self._metric("TruncatedReviews", sum(batch.truncated), "Count")
-        self._metric("HandlerBatchTimeMs", (time.perf_counter() - started) * 1000, "ms", gauge=True)
-
-    def _metric(self, name: str, value: float, unit: str, gauge: bool = False) -> None:
-        metrics = self.context.metrics
-        if metrics is None:
-            return
-        dims = [Dimension("ModelName", self.context.model_name), Dimension("Level", "Model")]
-        kind = MetricTypes.GAUGE if gauge else MetricTypes.COUNTER
-        metrics.add_metric(name, round(float(value), 3), unit, None, dims, kind)
+    # --- describe -------------------------------------------------------------------------------
 
     def describe_handle(self) -> dict:
+        metrics_file = self.model_dir / "metrics.json"  # the shipped model's own record
+        shipped = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         return {
             "model": "imdb_sentiment",
+            "model_version": self.version,
             "architecture": "CNN (Captum IMDB tutorial)",
             "config": self.model.config.__dict__,
-            "labels": list(self.labels),
+            "labels": list(self.settings.labels),
             "vocab_size": len(self.vocab),
-            "tokenizer": "spacy.blank('en').tokenizer on lower-cased text, <br /> removed",
-            "min_len": self.min_len,
-            "max_tokens": self.max_tokens,
+            "tokenizer": "spacy.blank('en').tokenizer, <br /> removed",
+            "text": self.text.as_dict(),
+            "calibration": self.record.get("calibration") or {"temperature": 1.0},
             "attribution": {
                 "method": "LayerIntegratedGradients on the embedding layer",
                 "reference": "all <pad> tokens (TokenReferenceBase)",
                 "target": "logit",
                 "defaults": self.ig.__dict__,
+                "ties": self.ig.ties,
                 "fast_engine_applies": fast_engine_applies(self.model),
             },
             "device": str(self.device),
-            "shipped_model": self.shipped,
+            "shipped_model": {k: shipped.get(k) for k in ("test_accuracy", "val_accuracy", "n_test", "data_sha256")},
         }

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from frames import encode_and_parse
 from helpers import REPO, tiny_artifacts
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handler.sentiment_handler import SentimentHandler
-from handler.text import Vocab
+from handler.text import Vocab, tokenize
 
 MODEL = "imdb_sentiment"
 CORPUS = [
@@ -70,10 +71,10 @@ def make_context(model_dir: Path, metrics: MetricsCacheYamlImpl, headers: list[d
 def serve(
     handler: SentimentHandler, model_dir: Path, metrics: MetricsCacheYamlImpl, rows: list[Row]
 ) -> tuple[list[dict], list[int]]:
-    """Answer one batch; returns the bodies and each request's HTTP status."""
+    """Answer one batch; returns each request's body and HTTP status as read back from the worker's frame."""
     ctx = make_context(model_dir, metrics, [{"explain": "True" if explain else "False"} for _, explain in rows])
-    out = handler.handle([{"body": body} for body, _ in rows], ctx)
-    return out, [ctx.get_response_status(i)[0] or 200 for i in range(len(rows))]
+    replies = encode_and_parse(handler.handle([{"body": body} for body, _ in rows], ctx), ctx)
+    return [r.body for r in replies], [r.status for r in replies]
 
 
 @pytest.fixture
@@ -199,25 +200,31 @@ def test_describe_reports_labels_vocab_size_and_settings(handler: SentimentHandl
     assert described == handler.describe_handle()
     assert described["labels"] == ["neg", "pos"]
     assert described["vocab_size"] == len(Vocab.load(model_dir))
-    assert described["max_tokens"] == 512 and described["min_len"] == 7
-    assert described["attribution"]["defaults"]["n_steps"] == 50
+    assert described["text"] == {"min_len": 7, "max_tokens": 512, "lowercase": True}  # from model_config.json
+    assert described["attribution"]["defaults"]["method"] == "exact" and described["attribution"]["ties"] == "split"
+    assert described["model_version"] == "1.0" and described["calibration"] == {"temperature": 1.0}
 
 
 def test_kserve_instances_of_one_request_all_follow_its_explain_header(handler, model_dir, metrics) -> None:
     # The KServe envelopes hand over the instances of request 0: more rows than request ids.
     ctx = make_context(model_dir, metrics, [{"explain": "True"}])
     out = handler.handle([{"text": CORPUS[0]}, {"name": "input-0", "datatype": "BYTES", "data": CORPUS[3]}], ctx)
-    assert all("attributions" in o for o in out)
-    assert ctx.get_response_status(0)[0] in (None, 200)
+    assert [o["tokens"] for o in out] == [tokenize([CORPUS[0]])[0], tokenize([CORPUS[3]])[0]]
+    (reply,) = encode_and_parse(out, ctx)  # the envelope answers request 0; no status of its own is set
+    assert (reply.status, reply.phrase, reply.body) == (200, b"", out[0])
 
 
 def v2_body(*texts, name: str = "input-0", **extra) -> dict:
     return {**extra, "inputs": [{"name": name, "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}]}
 
 
-def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shape(run, handler, monkeypatch) -> None:
-    counted: list[tuple[str, float]] = []
-    monkeypatch.setattr(handler, "_metric", lambda name, value, unit, gauge=False: counted.append((name, value)))
+def metric_lines(caplog, name: str) -> list[str]:
+    """The [METRICS] lines the worker logs for the frontend (TorchServe's own metrics API)."""
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"[METRICS]{name}.")]
+
+
+def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shape(run, caplog) -> None:
+    caplog.set_level("INFO")
     rows = [
         (CORPUS[0], False),
         ({"instances": [{"text": CORPUS[1]}, CORPUS[3]]}, False),
@@ -261,8 +268,9 @@ def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shap
         assert answer["logit"] == pytest.approx(alone["logit"], abs=TOL)
         if explain:
             assert answer["attributions"] == pytest.approx(alone["attributions"], abs=TOL)
-    served = [value for name, value in counted if name == "ReviewsServed"]
-    assert served[0] == 7  # metrics count reviews, not requests
+    # metrics count reviews, not requests, with the model's name and version as dimensions
+    served = metric_lines(caplog, "imdb_reviews_total")[0]
+    assert served.startswith("[METRICS]imdb_reviews_total.Count:7|#model_name:imdb_sentiment,model_version:1.0|")
 
 
 def test_kserve_bad_instances_are_answered_inline_and_fail_the_request_only_when_all_fail(run) -> None:
@@ -294,3 +302,141 @@ def test_malformed_kserve_body_is_a_400_for_its_request_alone(run) -> None:
     assert status == [400, 400, 400, 200]
     assert "non-empty" in out[0]["message"] and "BYTES" in out[1]["message"] and "at most 64" in out[2]["message"]
     assert out[3]["predictions"][0]["label"] in ("neg", "pos")
+
+
+# --- hardening (issue 11): replies read back from TorchServe's own frame -------------------------
+
+HOSTILE_NAMES = ["é", "😀", "a\nb", "n" * 70_000]
+
+
+def serve_frames(handler, model_dir, metrics, rows: list[Row]):
+    ctx = make_context(model_dir, metrics, [{"explain": "True" if explain else "False"} for _, explain in rows])
+    return encode_and_parse(handler.handle([{"body": body} for body, _ in rows], ctx), ctx)
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_user_names_get_a_400_with_a_short_ascii_phrase_and_the_batch_is_answered(handler, model_dir, metrics, name):
+    v2 = {"inputs": [{"name": name, "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    replies = serve_frames(
+        handler,
+        model_dir,
+        metrics,
+        [(CORPUS[0], True), ({"text": "good", name: 1}, True), (v2, False), (CORPUS[1], False)],
+    )
+    assert [r.status for r in replies] == [200, 400, 400, 200]
+    for bad in replies[1:3]:
+        assert bad.phrase == b"Bad Request"
+        assert bad.body["code"] == 400 and bad.body["message"].isascii() and len(bad.body["message"]) < 200
+        assert bad.body["request_id"] == bad.request_id
+    assert "attributions" in replies[0].body and replies[3].body["label"] in ("neg", "pos")
+
+
+def test_a_lone_surrogate_and_a_5000_digit_integer_are_400s_and_the_rest_is_unchanged(handler, model_dir, metrics):
+    good = [(CORPUS[0], True), (CORPUS[3], False), ({"text": CORPUS[6], "method": "gausslegendre"}, True)]
+    alone = [r.body for r in serve_frames(handler, model_dir, metrics, good)]
+    hostile = [
+        (b'{"text": "good \\ud800 movie"}', True),
+        (b'{"text": "good", "n_steps": ' + b"7" * 5000 + b"}", True),
+    ]
+    replies = serve_frames(handler, model_dir, metrics, [good[0], hostile[0], good[1], hostile[1], good[2]])
+    assert [r.status for r in replies] == [200, 400, 200, 400, 200]
+    assert [replies[i].body for i in (0, 2, 4)] == alone  # exactly the answers they get without the hostile ones
+
+
+def test_a_tokenizer_failure_is_that_reviews_400(handler, model_dir, metrics, monkeypatch):
+    import handler.sentiment_handler as module
+
+    real = module.tokenize
+
+    def fragile(texts, lowercase=True):  # stands in for spaCy raising on one input
+        if any("boom" in t for t in texts):
+            raise UnicodeEncodeError("utf-8", "boom", 0, 1, "surrogates not allowed")
+        return real(texts, lowercase=lowercase)
+
+    monkeypatch.setattr(module, "tokenize", fragile)
+    replies = serve_frames(handler, model_dir, metrics, [(CORPUS[0], False), ("boom", True), (CORPUS[1], True)])
+    assert [r.status for r in replies] == [200, 400, 200]
+    assert "tokenized" in replies[1].body["message"] and "attributions" in replies[2].body
+
+
+@pytest.mark.parametrize(
+    "row, text",
+    [
+        (
+            {"body": '{"text": "Best film ever", "method": "gausslegendre", "n_steps": 8, "adaptive": false}'},
+            None,
+        ),  # text/plain
+        (
+            {
+                "text": bytearray(b"Best film ever"),
+                "method": bytearray(b"gausslegendre"),
+                "n_steps": b"8",
+                "adaptive": b"false",
+            },
+            None,
+        ),  # form
+        (
+            {'{"text": "Best film ever", "method": "gausslegendre", "n_steps": 8, "adaptive": false}': bytearray()},
+            None,
+        ),  # curl -d
+        ({"Best film ever": bytearray()}, "Best film ever"),  # curl -d 'Best film ever='
+    ],
+)
+def test_bodies_are_read_by_one_content_type_rule(handler, model_dir, metrics, row, text):
+    ctx = make_context(model_dir, metrics, [{"explain": "True"}])
+    ((reply,),) = [encode_and_parse(handler.handle([row], ctx), ctx)]
+    assert reply.status == 200 and reply.body["tokens"] == ["best", "film", "ever"]
+    if text is None:  # the JSON's options were honoured, not dropped
+        assert (reply.body["method"], reply.body["n_steps"]) == ("gausslegendre", 8)
+
+
+def test_answers_carry_the_model_version_and_the_tie_rule(run) -> None:
+    (explained, predicted), _ = run([(CORPUS[0], True), (CORPUS[0], False)])
+    assert explained["model_version"] == predicted["model_version"] == "1.0"
+    assert explained["ties"] == "split" and "ties" not in predicted
+
+
+def initialized(model_dir: Path, metrics, model_yaml: dict | None = None) -> SentimentHandler:
+    ctx = make_context(model_dir, metrics, [{}])
+    if model_yaml is not None:
+        ctx.model_yaml_config = model_yaml
+    h = SentimentHandler()
+    h.initialize(ctx)
+    return h
+
+
+def test_the_score_uses_the_calibration_temperature_of_model_config(tmp_path, metrics) -> None:
+    import json
+
+    directory = tiny_artifacts(tmp_path, embedding_dim=16, n_filters=8)
+    record = json.loads((directory / "model_config.json").read_text())
+    record["calibration"] = {"temperature": 2.5, "fitted_on": "validation"}
+    (directory / "model_config.json").write_text(json.dumps(record))
+    h = initialized(directory, metrics)
+    (answer,), _ = serve(h, directory, metrics, [(CORPUS[0], False)])
+    assert answer["score"] == pytest.approx(1 / (1 + math.exp(-answer["logit"] / 2.5)), abs=1e-12)
+    assert h.describe_handle()["calibration"]["temperature"] == 2.5
+
+
+def test_a_corrupt_weights_file_stops_the_worker_with_one_line(tmp_path, metrics) -> None:
+    import json
+
+    from handler.checksums import sha256
+
+    directory = tiny_artifacts(tmp_path, embedding_dim=16, n_filters=8)
+    names = ["weights.safetensors", "vocab.json", "model_config.json"]
+    (directory / "checksums.json").write_text(json.dumps({n: sha256(directory / n) for n in names}))
+    initialized(directory, metrics)  # intact: loads
+    weights = directory / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(RuntimeError, match=r"^weights.safetensors: sha256 mismatch, archive is corrupt$"):
+        initialized(directory, metrics)
+
+
+def test_an_unknown_key_in_the_handler_section_stops_the_worker(model_dir, metrics) -> None:
+    from handler.settings import SettingsError
+
+    model_yaml = yaml.safe_load((REPO / "model-config.yaml").read_text())
+    model_yaml["handler"]["explain"]["n_step"] = 8
+    with pytest.raises(SettingsError, match="unknown key 'n_step'; did you mean 'n_steps'"):
+        initialized(model_dir, metrics, model_yaml)

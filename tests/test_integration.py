@@ -45,12 +45,14 @@ REVIEWS = {
     "Boring, predictable and far too long. A complete waste of time.<br /><br />Avoid it.": "neg",
 }
 CUSTOM_METRICS = (
-    "ReviewsServed",
-    "ReviewsExplained",
-    "ReviewTokens",
-    "UnknownTokens",
-    "ExplanationTimeMsPerReview",
-    "RequestErrors",
+    "imdb_reviews_total",
+    "imdb_explanations_total",
+    "imdb_review_tokens_total",
+    "imdb_unknown_tokens_total",
+    "imdb_explanation_seconds_count",
+    "imdb_batch_seconds_count",
+    "imdb_request_errors_total",
+    "HandlerTime",
 )
 
 pytestmark = [
@@ -225,7 +227,7 @@ def test_eight_concurrent_requests_are_batched_and_answered_as_when_alone(ts: Cl
         if kind == "explanations":
             assert together["tokens"] == single["tokens"]
             assert together["attributions"] == pytest.approx(single["attributions"], abs=TOL)
-    served = [b["ReviewsServed"] for b in batches_since(ts, seen).values() if "ReviewsServed" in b]
+    served = [b["imdb_reviews_total"] for b in batches_since(ts, seen).values() if "imdb_reviews_total" in b]
     assert sum(served) == 8 and max(served) > 1, f"no batch of several requests: {served}"
 
 
@@ -237,7 +239,7 @@ def test_a_batch_mixing_explain_and_predict_answers_each_as_asked(ts: Client) ->
     for kind, r in zip(kinds, responses):
         assert ("attributions" in r.json() and "tokens" in r.json()) == (kind == "explanations")
     batches = batches_since(ts, seen).values()
-    assert any(0 < b.get("ReviewsExplained", 0) < b.get("ReviewsServed", 0) for b in batches), list(batches)
+    assert any(0 < b.get("imdb_explanations_total", 0) < b.get("imdb_reviews_total", 0) for b in batches), list(batches)
 
 
 BAD_REQUESTS = {  # body, content type, what the message must mention
@@ -266,14 +268,15 @@ def test_a_bad_request_in_a_concurrent_batch_gets_its_4xx_and_the_others_200(ts:
     assert error["code"] == 400 and hint in error["message"], error
     assert all(r.json()["label"] == "neg" for i, r in enumerate(responses) if i != 1)
     batches = batches_since(ts, seen).values()
-    assert any(b.get("RequestErrors") and b.get("ReviewsServed") for b in batches), list(batches)
+    assert any(b.get("imdb_request_errors_total") and b.get("imdb_reviews_total") for b in batches), list(batches)
 
 
 def scrape(client: Client) -> dict[str, float]:
     """Prometheus text -> {metric name: value} for this model's handler metrics."""
     text = requests.get(client.server.metrics + "/metrics", headers=client.auth, timeout=10).text
     return {
-        m.group(1): float(m.group(2)) for m in re.finditer(rf'^(\w+)\{{ModelName="{MODEL}".*\}} (\S+)$', text, re.M)
+        m.group(1): float(m.group(2))
+        for m in re.finditer(rf'^(\w+)\{{(?:model_name|ModelName)="{MODEL}".*\}} (\S+)$', text, re.M)
     }
 
 
@@ -284,8 +287,9 @@ def test_custom_metrics_are_on_the_metrics_endpoint(ts: Client) -> None:
     while not set(CUSTOM_METRICS) <= set(metrics := scrape(ts)) and time.time() < deadline:
         time.sleep(0.2)
     assert set(CUSTOM_METRICS) <= set(metrics), metrics
-    assert metrics["ReviewsServed"] >= metrics["ReviewsExplained"] >= 1 and metrics["RequestErrors"] >= 1
-    assert metrics["ReviewTokens"] >= 6 and metrics["ExplanationTimeMsPerReview"] > 0
+    assert metrics["imdb_reviews_total"] >= metrics["imdb_explanations_total"] >= 1
+    assert metrics["imdb_request_errors_total"] >= 1 and metrics["imdb_review_tokens_total"] >= 6
+    assert metrics["imdb_explanation_seconds_count"] >= 1 and metrics["HandlerTime"] > 0
 
 
 def test_requests_without_or_with_a_bad_token_are_refused(ts: Client) -> None:
@@ -379,7 +383,7 @@ def test_eight_concurrent_kserve_requests_are_batched_and_answered_as_when_alone
             if explain:
                 assert together["tokens"] == one["tokens"]
                 assert together["attributions"] == pytest.approx(one["attributions"], abs=TOL)
-    served = [b["ReviewsServed"] for b in batches_since(kserve, seen).values() if "ReviewsServed" in b]
+    served = [b["imdb_reviews_total"] for b in batches_since(kserve, seen).values() if "imdb_reviews_total" in b]
     assert sum(served) == 16 and max(served) > 2, f"no batch of several KServe requests: {served}"
 
 

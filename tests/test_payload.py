@@ -9,40 +9,87 @@ from handler.payload import (
     Limits,
     Request,
     RequestError,
-    decode,
     error_body,
+    explanation,
     kserve_response,
     parse_request,
     prediction,
+    read_body,
+    review,
 )
+from handler.settings import HandlerSettings
 
-LIMITS = Limits(max_chars=1000, max_n_steps=512, max_instances=4)
+DEFAULTS = HandlerSettings().explain.ig(on_gpu=False)
+LIMITS = Limits(DEFAULTS, max_chars=2000, max_instances=4)
+
+
+def decode(row, limits: Limits = LIMITS):
+    """A plain request's one review, as the handler reads it: body, request, review."""
+    (instance,) = parse_request(read_body(row, limits), limits).instances
+    return review(instance, limits)
 
 
 @pytest.mark.parametrize(
-    "item",
+    "row",
     [
-        {"body": b"Great film"},
-        {"body": "Great film"},
+        {"body": b"Great film"},  # no content type: bytes
+        {"body": "Great film"},  # text/*: TorchServe decodes it
         {"data": bytearray(b"Great film")},
-        {"body": {"text": "Great film"}},
+        {"body": {"text": "Great film"}},  # application/json: TorchServe parses it
         {"body": b'{"text": "Great film"}'},
-        {"text": "Great film"},  # KServe v1 instance
-        {"name": "input-0", "shape": [1], "datatype": "BYTES", "data": "Great film"},  # KServe v2 input
-        "Great film",
+        {"body": '{"text": "Great film"}'},  # JSON sent as text/plain is still JSON
+        {"body": [{"text": "Great film"}]},
+        {"text": bytearray(b"Great film")},  # curl -d 'text=Great film' (form)
+        {"Great film": bytearray()},  # curl -d 'Great film=' (form, a field with an empty value)
     ],
 )
-def test_accepted_request_shapes_give_the_review_text(item):
-    assert decode(item, LIMITS).text == "Great film"
+def test_accepted_request_shapes_give_the_review_text(row):
+    assert decode(row).text == "Great film"
 
 
 def test_json_options_are_validated_and_kept():
-    review = decode({"body": {"text": "ok", "n_steps": 64, "method": "exact", "adaptive": False, "rtol": 1e-4}}, LIMITS)
-    assert review.options == {"n_steps": 64, "method": "exact", "adaptive": False, "rtol": 1e-4}
+    got = decode({"body": {"text": "ok", "n_steps": 64, "method": "gausslegendre", "adaptive": False, "rtol": 1e-4}})
+    assert (got.settings.n_steps, got.settings.method, got.settings.adaptive, got.settings.rtol) == (
+        64,
+        "gausslegendre",
+        False,
+        1e-4,
+    )
+    assert decode({"body": b"ok"}).settings == DEFAULTS  # no options: the configured defaults
 
 
 @pytest.mark.parametrize(
-    "item, code, words",
+    "row",
+    [
+        {"body": '{"text": "ok", "n_steps": 8}'},  # text/plain
+        {"body": b'  {"text": "ok", "n_steps": 8}'},  # no type
+        {"text": bytearray(b"ok"), "n_steps": bytearray(b"8")},  # form fields
+        {'{"text": "ok", "n_steps": 8}': bytearray()},  # form, a JSON name with an empty value
+    ],
+)
+def test_options_are_read_whatever_the_content_type(row):
+    assert decode(row).settings.n_steps == 8
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"body": '{"text": "ok", "colour": "red"}'},
+        {"text": bytearray(b"ok"), "colour": bytearray(b"red")},
+    ],
+)
+def test_unknown_options_are_never_dropped_silently(row):
+    with pytest.raises(RequestError, match="unknown field"):
+        decode(row)
+
+
+def test_text_that_does_not_start_with_a_brace_is_the_review_even_if_it_mentions_json():
+    assert decode({"body": 'I said {"text": 1} and [1, 2]'}).text == 'I said {"text": 1} and [1, 2]'
+    assert decode({"body": "[SPOILERS] great"}).text == "[SPOILERS] great"
+
+
+@pytest.mark.parametrize(
+    "row, code, words",
     [
         ({"body": b""}, 400, "empty"),
         ({"body": b"   \n\t "}, 400, "empty"),
@@ -50,25 +97,47 @@ def test_json_options_are_validated_and_kept():
         ({"body": {"review": "x"}}, 400, "'text'"),
         ({"body": {"text": 5}}, 400, "string"),
         ({"body": {"text": "ok", "n_steps": 1}}, 400, "n_steps"),
-        ({"body": {"text": "ok", "n_steps": 513}}, 400, "n_steps"),
+        ({"body": {"text": "ok", "n_steps": 1025}}, 400, "n_steps"),
         ({"body": {"text": "ok", "n_steps": "50"}}, 400, "int"),
         ({"body": {"text": "ok", "n_steps": True}}, 400, "int"),
         ({"body": {"text": "ok", "method": "simpson"}}, 400, "method"),
+        ({"body": {"text": "ok", "ties": "last"}}, 400, "ties"),
         ({"body": {"text": "ok", "rtol": 0}}, 400, "rtol"),
         ({"body": {"text": "ok", "evil": 1}}, 400, "unknown field"),
         ({"body": b'{"text": "unterminated'}, 400, "JSON"),
+        ({"body": b'{"text": "ok", "n_steps": ' + b"9" * 5000 + b"}"}, 400, "JSON"),  # int-digit limit
+        ({"body": b'{"text": "good \\ud800 movie"}'}, 400, "Unicode"),  # a lone surrogate
         ({"body": 3.5}, 400, "expected"),
-        ({"body": "x" * 1001}, 413, "longer"),
-        ({"body": b"x" * 5000}, 413, "larger"),
-        ({"name": "input-0", "datatype": "FP32", "data": [1.0]}, 400, "BYTES"),
+        ({"body": [1, 2]}, 400, "expected"),
+        ({}, 400, "empty form body"),  # what TorchServe hands over for curl -d 'great film'
+        ({"body": "x" * 2001}, 413, "longer"),
+        ({"body": b"x" * 8001}, 413, "larger"),
     ],
 )
-def test_bad_requests_raise_a_clear_client_error(item, code, words):
+def test_bad_requests_raise_a_clear_client_error(row, code, words):
     with pytest.raises(RequestError) as err:
-        decode(item, LIMITS)
+        decode(row)
     assert err.value.code == code and words in str(err.value)
-    body = error_body(err.value)
-    assert body["code"] == code and json.dumps(body)
+    assert err.value.phrase == {400: "Bad Request", 413: "Payload Too Large"}[code]
+
+
+@pytest.mark.parametrize("name", ["é", "😀", "a\nb", "\ud800", "n" * 70_000])
+def test_user_supplied_names_reach_the_message_escaped_and_short(name):
+    for body in (
+        {"text": "good", name: 1},
+        {"inputs": [{"name": name, "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+    ):
+        with pytest.raises(RequestError) as err:
+            decode({"body": body})
+        message = str(err.value)
+        assert message.isascii() and "\n" not in message and len(message) < 200, message
+        assert err.value.phrase.isascii() and len(err.value.phrase) <= 20
+
+
+def test_error_bodies_keep_torchserves_shape_and_add_the_request_id():
+    body = error_body(RequestError("review text is empty"), "req-7")
+    assert body == {"code": 400, "type": "BadRequest", "message": "review text is empty", "request_id": "req-7"}
+    assert error_body(RequestError("too long", 413), None)["type"] == "RequestError"
 
 
 def test_prediction_fields_and_probabilities():
@@ -78,38 +147,47 @@ def test_prediction_fields_and_probabilities():
     assert prediction(-1000.0, ("neg", "pos"), 1, False, 0)["score"] == 0.0
 
 
+def test_the_score_is_calibrated_and_the_logit_and_label_stay_raw():
+    p = prediction(2.0, ("neg", "pos"), 5, False, 0, temperature=2.0)
+    assert abs(p["score"] - 0.7310585786300049) < 1e-12  # sigmoid(2 / 2)
+    assert (p["logit"], p["label"]) == (2.0, "pos")
+
+
+def test_explanations_report_the_tie_rule():
+    import torch
+
+    from handler.attribution import Attribution
+
+    attr = Attribution(
+        torch.tensor([[3.0, 4.0]]), torch.zeros(1), torch.ones(1), torch.zeros(1), torch.zeros(1), "exact", "fast"
+    )
+    answer = explanation({"label": "pos"}, ["a", "b"], attr, 0, "first")
+    assert answer["ties"] == "first" and answer["attributions_normalized"] == [0.6, 0.8]
+
+
 def test_hostile_json_nesting_is_a_client_error_not_a_crash():
     with pytest.raises(RequestError, match="deeply"):
-        decode({"body": b'{"a":' * 200_000}, Limits(max_chars=2_000_000))
+        decode({"body": b'{"a":' * 200_000}, Limits(DEFAULTS, max_chars=2_000_000))
 
 
 def v2_input(name: str, *texts, datatype: str = "BYTES", shape: list | None = None) -> dict:
     return {"name": name, "shape": [len(texts)] if shape is None else shape, "datatype": datatype, "data": list(texts)}
 
 
-@pytest.mark.parametrize(
-    "row",
-    [
-        {"body": b"Great film"},
-        {"body": '{"instances": ["text/plain is a review, not KServe"]}'},
-        {"body": {"text": "Great film"}},
-        {"body": b'{"text": "Great film"}'},
-        {"body": b'{"text": "unterminated'},  # decode reports it
-        {"body": [{"text": "Great film"}]},
-    ],
-)
-def test_plain_requests_are_one_instance_the_row_itself(row):
-    assert parse_request(row, LIMITS) == Request([row])
+@pytest.mark.parametrize("body", ["Great film", {"text": "Great film"}, {"review": "x"}])
+def test_plain_requests_are_one_instance_the_body_itself(body):
+    assert parse_request(body, LIMITS) == Request([body])
 
 
 def test_kserve_v1_instances_each_become_a_review():
-    for body in (
-        {"instances": [{"text": "Great film"}, "Bad film"]},
-        b'{"instances": [{"text": "Great film"}, "Bad film"]}',
+    for row in (
+        {"body": {"instances": [{"text": "Great film"}, "Bad film"]}},
+        {"body": b'{"instances": [{"text": "Great film"}, "Bad film"]}'},
+        {"body": '{"instances": [{"text": "Great film"}, "Bad film"]}'},  # sent as text/plain
     ):
-        request = parse_request({"body": body}, LIMITS)
+        request = parse_request(read_body(row, LIMITS), LIMITS)
         assert request.protocol == "v1"
-        assert [decode(i, LIMITS).text for i in request.instances] == ["Great film", "Bad film"]
+        assert [review(i, LIMITS).text for i in request.instances] == ["Great film", "Bad film"]
 
 
 def test_kserve_v2_data_elements_each_become_a_review():
@@ -117,11 +195,11 @@ def test_kserve_v2_data_elements_each_become_a_review():
         "id": "r-1",
         "inputs": [v2_input("a", "Great film", "Bad film"), v2_input("b", {"text": "Fine", "n_steps": 8})],
     }
-    request = parse_request({"body": body}, LIMITS)
+    request = parse_request(body, LIMITS)
     assert (request.protocol, request.id, request.inputs) == ("v2", "r-1", [("a", 2), ("b", 1)])
-    reviews = [decode(i, LIMITS) for i in request.instances]
-    assert [r.text for r in reviews] == ["Great film", "Bad film", "Fine"] and reviews[2].options == {"n_steps": 8}
-    assert parse_request({"body": {"id": " ", "inputs": [v2_input("a", "x")]}}, LIMITS).id is None
+    reviews = [review(i, LIMITS) for i in request.instances]
+    assert [r.text for r in reviews] == ["Great film", "Bad film", "Fine"] and reviews[2].settings.n_steps == 8
+    assert parse_request({"id": " ", "inputs": [v2_input("a", "x")]}, LIMITS).id is None
 
 
 @pytest.mark.parametrize(
@@ -142,7 +220,7 @@ def test_kserve_v2_data_elements_each_become_a_review():
 )
 def test_malformed_kserve_bodies_are_a_400_for_the_request(body, words):
     with pytest.raises(RequestError) as err:
-        parse_request({"body": body}, LIMITS)
+        parse_request(body, LIMITS)
     assert err.value.code == 400 and words in str(err.value)
 
 
@@ -163,3 +241,8 @@ def test_kserve_answers_v1_by_kind_and_v2_one_output_per_input():
     }
     v2.id = "mine"
     assert kserve_response(v2, answers, True, "7", "m", None)["id"] == "mine"
+
+
+def test_json_round_trip_of_an_error_body_is_ascii():
+    body = error_body(RequestError("unknown field(s): " + json.dumps("😀")), "1")
+    assert json.dumps(body).isascii()
