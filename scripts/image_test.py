@@ -69,7 +69,8 @@ class HostState:
         return sh("iptables", "-t", table, "-S").stdout.splitlines()
 
     def restore(self) -> list[str]:
-        """Delete the rules and chains that appeared since, the bridge, and reset ip_forward."""
+        """Delete the rules and chains that appeared since, reset changed chain policies (dockerd sets
+        FORWARD to DROP), delete the bridge and reset ip_forward; then check that nothing differs."""
         done = []
         for table in self.TABLES:
             added = [r for r in self._rules(table) if r not in self.rules[table]]
@@ -78,15 +79,17 @@ class HostState:
             for chain in (r.split()[1] for r in added if r.startswith("-N ")):
                 subprocess.run(["iptables", "-t", table, "-F", chain], check=False)
                 subprocess.run(["iptables", "-t", table, "-X", chain], check=False)
-            done.append(f"{table}: {len(added)} rules/chains removed")
-            left = [r for r in self._rules(table) if r not in self.rules[table]]
-            if left:
-                raise RuntimeError(f"iptables {table} still differs: {left}")
+            for policy in (r for r in self.rules[table] if r.startswith("-P ") and r not in self._rules(table)):
+                subprocess.run(["iptables", "-t", table, *policy.split()], check=False)
+            done.append(f"iptables {table}: {len(added)} rules/chains/policies undone")
         if not self.had_bridge and Path("/sys/class/net/docker0").exists():
-            sh("ip", "link", "delete", "docker0")
+            subprocess.run(["ip", "link", "delete", "docker0"], check=False)
             done.append("docker0 deleted")
         Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward + "\n")
         done.append(f"ip_forward={self.ip_forward}")
+        left = {t: [r for r in self._rules(t) if r not in self.rules[t]] for t in self.TABLES}
+        if any(left.values()) or (not self.had_bridge and Path("/sys/class/net/docker0").exists()):
+            raise RuntimeError(f"the host still differs after dockerd: {left}")
         return done
 
 
@@ -251,8 +254,8 @@ def check_user_and_read_only(env: dict, name: str) -> list[str]:
     def ex(*cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", "exec", name, *cmd], env=env, capture_output=True, text=True)
 
-    top = sh("docker", "top", name, "-eo", "uid,comm", env=env).stdout.splitlines()[1:]  # the host's ps
-    uids = {line.split()[0] for line in top}
+    top = sh("docker", "top", name, "-eo", "pid,uid,comm", env=env).stdout.splitlines()[1:]  # the host's ps
+    uids = {line.split()[1] for line in top}
     if uids != {"1000"} or len(top) < 2:  # the JVM and at least one Python worker
         raise AssertionError(f"processes run as uids {uids}, not 1000 only")
     inspect = json.loads(sh("docker", "inspect", name, env=env).stdout)[0]
@@ -325,24 +328,29 @@ def main(argv: list[str] | None = None) -> None:
     mar = REPO / "model_store" / f"{MODEL}.mar"
     if not mar.exists():
         sys.exit(f"{mar} is missing: run `make mar` (make image-test does)")
-    t0, report = time.time(), []
+    t0 = time.time()
     with ExitStack() as stack:
         env = stack.enter_context(dockerd(a.workdir / "docker"))
         env_folder = build_env(REPO / "build" / "image-env")
         base = base_image(env, a.rootfs)
-        report.append(f"build: {build(env, a.tag, base, env_folder):.0f} s")
+        note(f"build: {build(env, a.tag, base, env_folder):.0f} s from {base}")
         size = json.loads(sh("docker", "image", "inspect", a.tag, env=env).stdout)[0]["Size"]
-        report.append(f"image size: {size / 1e6:.0f} MB")
-        report += builder_files_absent(env, a.tag, env_folder)
+        note(f"image size: {size / 1e6:.0f} MB")
+        note(*builder_files_absent(env, a.tag, env_folder))
         port = serve.free_port()
         name = run_container(env, stack, a.tag, port)
         url = f"http://127.0.0.1:{port}"
-        report.append(f"container /ping 200 without a token after {wait_healthy(url, a.timeout):.0f} s")
+        note(f"container /ping 200 without a token after {wait_healthy(url, a.timeout):.0f} s")
         local = local_server(stack, a.workdir / "local", mar, a.timeout)
-        report += compare_with_local(url, local)
-        report += check_user_and_read_only(env, name)
-    report.append(f"image-test passed in {time.time() - t0:.0f} s")
-    print("\n".join(report))
+        note(*compare_with_local(url, local))
+        note(*check_user_and_read_only(env, name))
+        memory = sh("docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", name, env=env).stdout.strip()
+        note(f"container memory after the requests: {memory}")
+    note(f"image-test passed in {time.time() - t0:.0f} s")
+
+
+def note(*lines: str) -> None:
+    print("image-test:", "\nimage-test: ".join(lines), flush=True)
 
 
 def local_server(stack: ExitStack, workdir: Path, mar: Path, timeout: float) -> serve.Server:

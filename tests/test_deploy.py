@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
+from functools import partial
 from pathlib import Path
 
 import jsonschema
@@ -133,8 +134,7 @@ def runtime_env(models: Path, home: Path) -> tuple[dict, dict]:
     ports = {"inference": serve.free_port(), "management": serve.free_port(), "metrics": serve.free_port()}
     env = dict(os.environ, HOME=str(home), TMPDIR=str(home / "tmp"), TEMP=str(home / "tmp"))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    # What KServe renders from "{{.Labels.serviceEnvelope}}" for an InferenceService without that label.
-    env[runtime_container()["env"][0]["name"]] = ""
+    env.update(rendered_runtime_env())
     env.update({f"TS_{api.upper()}_ADDRESS": f"http://127.0.0.1:{port}" for api, port in ports.items()})
     env.update(
         TS_GRPC_INFERENCE_PORT=str(serve.free_port()),
@@ -143,6 +143,15 @@ def runtime_env(models: Path, home: Path) -> tuple[dict, dict]:
         TS_METRICS_CONFIG=str(models / "config" / "metrics.yaml"),
     )
     return env, ports
+
+
+def rendered_runtime_env(isvc: str = "inferenceservice-cpu.yaml") -> dict[str, str]:
+    """The runtime's env as KServe renders it for this InferenceService: "{{.Labels.x}}" becomes the
+    label's value, or "" without it (a map[string]string in Go's templates)."""
+    (service,) = manifests(DEPLOY / "kserve" / isvc)
+    labels = service["metadata"].get("labels", {})
+    render = partial(re.sub, r"\{\{\s*\.Labels\.(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""))
+    return {e["name"]: render(e["value"]) for e in runtime_container()["env"]}
 
 
 def runtime_args(models: Path) -> list[str]:
@@ -194,7 +203,8 @@ def wait_ready(urls: dict[str, str], proc: subprocess.Popen, home: Path, timeout
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
-            workers = requests.get(f"{urls['management']}/models/{MODEL}", timeout=5).json()[0]["workers"]
+            workers = requests.get(f"{urls['management']}/models/{MODEL}", headers=management_auth(home), timeout=5)
+            workers = workers.json()[0]["workers"]
             if any(w["status"] == "READY" for w in workers):
                 return
         except (requests.RequestException, ValueError, KeyError, IndexError):
@@ -203,6 +213,17 @@ def wait_ready(urls: dict[str, str], proc: subprocess.Popen, home: Path, timeout
     logs = home / "logs" / "ts_log.log"
     tail = logs.read_text()[-3000:] if logs.exists() else "(no log)"
     raise RuntimeError(f"TorchServe as the runtime starts it never got a READY worker:\n{tail}")
+
+
+def management_auth(home: Path) -> dict[str, str]:
+    """The management key where token authorization is on (so that a config with it on fails the probe
+    test itself, not this fixture)."""
+    key_file = home / "key_file.json"
+    return (
+        {"Authorization": f"Bearer {json.loads(key_file.read_text())['management']['key']}"}
+        if key_file.exists()
+        else {}
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
