@@ -48,10 +48,11 @@ bench: install
 clean:
 	rm -rf $(MAR) logs key_file.json
 
-# The container image (Dockerfile; docs/deploy.md). TAG, BASE_IMAGE and DEVICE (cpu|gpu) may be set.
+# The container image (Dockerfile; docs/deploy.md). TAG, DEVICE (cpu|gpu), BASE_IMAGE, BUILD_ENV may be set.
 TAG ?= imdb-sentiment:1.0
 image: mar
-	docker build -t $(TAG) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE),) --build-arg DEVICE=$(or $(DEVICE),cpu) .
+	docker build -t $(TAG) --build-arg DEVICE=$(or $(DEVICE),cpu) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE),) \
+	  $(if $(BUILD_ENV),--build-arg BUILD_ENV=$(BUILD_ENV),) .
 
 # Builds the image on a local Debian base with a private dockerd and checks it against `make serve`
 # (minutes; run it when the Dockerfile, requirements/runtime.txt or deploy/storage/ change).
