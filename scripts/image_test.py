@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -267,37 +269,50 @@ def check_user_and_read_only(env: dict, name: str) -> list[str]:
     return ["processes run as uid 1000", "root filesystem, model store and venv read-only"]
 
 
-def builder_files_absent(env: dict, tag: str, env_folder: Path) -> list[str]:
-    """No builder-only file in the image: no /build-env, no file equal to the CA bundle or pip.conf,
-    no certificate of this machine's bundle that Debian's own bundle lacks, nothing in the history."""
-    history = sh("docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", tag, env=env).stdout
-    if "build-env" in history or "ca.crt" in history:
-        raise AssertionError(f"the image history mentions the build environment:\n{history}")
-    secrets = {hashlib.sha256((env_folder / f).read_bytes()).hexdigest(): f for f in ("ca.crt", "pip.conf")}
-    host_certs = set(HOST_CA.read_text().split("-----END CERTIFICATE-----"))
+def image_files(env: dict, tag: str) -> Iterator[tuple[str, bytes | None]]:
+    """(path, content) of every entry of the image's filesystem; None for non-files and files over 4 MB."""
     cid = sh("docker", "create", tag, env=env).stdout.strip()
-    found, debian_bundle, files = [], "", 0
     try:
         export = subprocess.Popen(["docker", "export", cid], env=env, stdout=subprocess.PIPE)
         with tarfile.open(fileobj=export.stdout, mode="r|") as tar:
             for member in tar:
-                if member.name.lstrip("./").startswith("build-env"):
-                    found.append(member.name)
-                if not member.isfile() or member.size > 4 << 20:
-                    continue
-                data = tar.extractfile(member).read()
-                files += 1
-                if hashlib.sha256(data).hexdigest() in secrets:
-                    found.append(member.name)
-                if member.name.endswith("etc/ssl/certs/ca-certificates.crt"):
-                    debian_bundle = data.decode()
+                small = member.isfile() and member.size <= 4 << 20
+                yield member.name.removeprefix("./"), tar.extractfile(member).read() if small else None
         export.wait()
     finally:
         sh("docker", "rm", cid, env=env)
-    own = host_certs - set(debian_bundle.split("-----END CERTIFICATE-----")) - {"\n", ""}
+
+
+def certificates(pem: str) -> set[str]:
+    """The first base64 line of each certificate of a PEM bundle: enough to recognise it anywhere."""
+    return {body.split()[0] for body in re.findall(r"-----BEGIN CERTIFICATE-----\s+(.*?)-----END", pem, re.S)}
+
+
+def builder_files_absent(env: dict, tag: str, env_folder: Path) -> list[str]:
+    """No builder-only file in the image: no /build-env, no file equal to the CA bundle or pip.conf, no
+    certificate of this machine's bundle that the image's own (Debian's) bundle lacks in any PEM file,
+    and nothing of them in the history."""
+    history = sh("docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", tag, env=env).stdout
+    if "build-env" in history or "ca.crt" in history:
+        raise AssertionError(f"the image history mentions the build environment:\n{history}")
+    secrets = {hashlib.sha256((env_folder / f).read_bytes()).hexdigest(): f for f in ("ca.crt", "pip.conf")}
+    found, pem_files, files = [], {}, 0
+    for name, data in image_files(env, tag):
+        if name.startswith("build-env"):
+            found.append(name)
+        if data is None:
+            continue
+        files += 1
+        if hashlib.sha256(data).hexdigest() in secrets:
+            found.append(name)
+        if b"BEGIN CERTIFICATE" in data:
+            pem_files[name] = data
+    debian = pem_files.get("etc/ssl/certs/ca-certificates.crt", b"").decode()
+    own = certificates(HOST_CA.read_text()) - certificates(debian)
+    found += [name for name, data in pem_files.items() if any(c.encode() in data for c in own)]
     if found:
         raise AssertionError(f"builder-only files in the image: {found}")
-    return [f"{files} files scanned: no build-env, CA bundle or pip.conf; {len(own)} host-only CA certs not in image"]
+    return [f"{files} files scanned: no build-env, CA bundle, pip.conf, nor any of the {len(own)} host-only CA certs"]
 
 
 # ---------------------------------------------------------------- main
@@ -328,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     mar = REPO / "model_store" / f"{MODEL}.mar"
     if not mar.exists():
         sys.exit(f"{mar} is missing: run `make mar` (make image-test does)")
+    # A background job ignores SIGINT: make SIGTERM unwind the stack too (container, servers, dockerd).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("image-test: terminated"))
     t0 = time.time()
     with ExitStack() as stack:
         env = stack.enter_context(dockerd(a.workdir / "docker"))
