@@ -114,6 +114,17 @@ def test_runtime_deployment_and_image_start_torchserve_the_same_way() -> None:
         assert security["runAsUser"] == 1000 and security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
 
 
+def test_model_snapshot_carries_the_archives_worker_and_batch_settings() -> None:
+    """TorchServe uses the snapshot's values, not the archive's: they must not drift apart."""
+    props = (DEPLOY / "storage" / "config" / "config.properties").read_text()
+    snapshot = json.loads(re.search(r"^model_snapshot=(.*)$", props, re.M).group(1))
+    (entry,) = snapshot["models"][MODEL].values()
+    archive = yaml.safe_load((REPO / "model-config.yaml").read_text())
+    keys = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
+    assert {k: entry[k] for k in keys} == {k: archive[k] for k in keys}
+    assert entry["marName"] == f"{MODEL}.mar" and snapshot["modelCount"] == len(snapshot["models"]) == 1
+
+
 # ---------------------------------------------------------------- TorchServe as the runtime starts it
 
 
