@@ -1,15 +1,15 @@
-# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar | make bench [QUICK=1]
+# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar | make bench [QUICK=1] | make image | make image-test
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARTIFACTS ?= model_store/artifacts
 MAR := model_store/imdb_sentiment.mar
 
-.PHONY: install mar serve stop status test lint train evaluate bench clean
+.PHONY: install mar serve stop status test lint train evaluate bench clean image image-test
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt $(wildcard requirements/*.txt) pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
@@ -47,3 +47,14 @@ bench: install
 
 clean:
 	rm -rf $(MAR) logs key_file.json
+
+# The container image (Dockerfile; docs/deploy.md). TAG, DEVICE (cpu|gpu), BASE_IMAGE, BUILD_ENV may be set.
+TAG ?= imdb-sentiment:1.0
+image: mar
+	docker build -t $(TAG) --build-arg DEVICE=$(or $(DEVICE),cpu) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE),) \
+	  $(if $(BUILD_ENV),--build-arg BUILD_ENV=$(BUILD_ENV),) .
+
+# Builds the image on a local Debian base with a private dockerd and checks it against `make serve`
+# (minutes; run it when the Dockerfile, requirements/runtime.txt or deploy/storage/ change).
+image-test: mar
+	$(PY) scripts/image_test.py

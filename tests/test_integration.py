@@ -3,10 +3,11 @@
 Each server runs in its own temporary working directory on free loopback ports and is always
 stopped by pid (fixture finalizers run also when a test fails). One server per configuration:
   * the default configuration with batchSize 4 / maxBatchDelay 200 ms (batching tests);
-  * config.kserve.properties on the same batching archive: the handler reads KServe v1 and v2
-    bodies itself, per request, so KServe requests are batched like any other;
-  * config.kserve.properties with TorchServe's own kservev2 envelope, on an archive of batchSize 1
-    (the envelopes only read request 0 of a batch): old configurations keep working.
+  * KServe v1/v2 requests on the same batching archive, without service envelope (as in the cluster
+    configuration of deploy/, tested as KServe starts it in test_deploy.py): the handler reads KServe
+    v1 and v2 bodies itself, per request, so KServe requests are batched like any other;
+  * TorchServe's own kservev2 envelope, on an archive of batchSize 1 (the envelopes only read
+    request 0 of a batch): old configurations keep working.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import REPO, SCRIPTS, SHIPPED
+from helpers import SCRIPTS, SHIPPED
 
 sys.path.insert(0, str(SCRIPTS))
 
@@ -129,18 +130,16 @@ def ts(tmp_path_factory, batching_store: Path) -> Iterator[Client]:
 
 @pytest.fixture(scope="module")
 def kserve(tmp_path_factory, batching_store: Path) -> Iterator[Client]:
-    """config.kserve.properties as shipped (no service envelope) on the batching archive."""
+    """No service envelope (as in deploy/storage/config/config.properties) on the batching archive."""
     d = tmp_path_factory.mktemp("kserve")
-    config = serve.isolated_config(d / "config.properties", REPO / "config.kserve.properties")
+    config = serve.isolated_config(d / "config.properties")
     yield from running(d / "work", config, batching_store)
 
 
 @pytest.fixture(scope="module")
 def kservev2_envelope(tmp_path_factory, single_store: Path) -> Iterator[Client]:
     d = tmp_path_factory.mktemp("kservev2_envelope")
-    config = serve.isolated_config(
-        d / "config.properties", REPO / "config.kserve.properties", service_envelope="kservev2"
-    )
+    config = serve.isolated_config(d / "config.properties", service_envelope="kservev2")
     yield from running(d / "work", config, single_store)
 
 
