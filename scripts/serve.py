@@ -277,19 +277,30 @@ def _pid(workdir: Path) -> int | None:
 
 
 def stop(server: Server | Path, grace: float = 15) -> None:
-    """Stop by pid (TERM, then KILL), including the Python workers the JVM started."""
+    """Stop by pid (TERM, then KILL), including the Python workers the JVM started.
+
+    The JVM is frozen (SIGSTOP) before its workers are listed: a JVM busy scaling up (a scale call
+    of hundreds of workers) would otherwise start workers after the list was taken, and they would
+    outlive it, orphaned. Frozen, it starts none; its children are killed, then the JVM itself."""
     workdir = server.workdir if isinstance(server, Server) else Path(server).resolve()
     pid = (server.pid if isinstance(server, Server) else None) or _pid(workdir)
     if pid is None:
         return
+    _signal(pid, signal.SIGSTOP)
     children = _children(pid)
-    for p in [pid] + children:
+    for p in children:
         _signal(p, signal.SIGTERM)
     deadline = time.time() + grace
-    while time.time() < deadline and any(_alive(p) for p in [pid] + children):
+    while time.time() < deadline and any(_alive(p) for p in children):
         time.sleep(0.2)
-    for p in [pid] + children:
+    for p in children:
         _signal(p, signal.SIGKILL)
+    _signal(pid, signal.SIGTERM)
+    _signal(pid, signal.SIGCONT)
+    deadline = time.time() + grace
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.2)
+    _signal(pid, signal.SIGKILL)
     (workdir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
 
 
