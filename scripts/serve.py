@@ -152,7 +152,14 @@ def _env(workdir: Path) -> dict:
     return env
 
 
-def start(workdir: Path, config: Path, model_store: Path, timeout: float = 600, models: str | None = None) -> Server:
+def start(
+    workdir: Path,
+    config: Path,
+    model_store: Path,
+    timeout: float = 600,
+    models: str | None = None,
+    log_config: Path = LOG_CONFIG,
+) -> Server:
     """Start TorchServe in the background; return once every model it loads has a READY worker.
 
     Raises RuntimeError with the log lines that say why, as soon as TorchServe exits, a model
@@ -172,7 +179,7 @@ def start(workdir: Path, config: Path, model_store: Path, timeout: float = 600, 
         "--workflow-store",
         str(Path(model_store).resolve()),
         "--log-config",
-        str(LOG_CONFIG),
+        str(log_config),
     ]
     if models:
         cmd += ["--models", models]

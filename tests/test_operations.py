@@ -86,6 +86,30 @@ def test_keys_rotate_with_post_token_and_the_api_key(short_keys: serve.Server) -
     assert r.status_code == 400, r.text
 
 
+def test_logs_rotate_and_stay_bounded(tmp_path: Path) -> None:
+    """log4j2.xml with its size lowered to 4 KB: 400 requests (an access-log line each) roll the
+    access log over and over, `keep` gzipped predecessors stay, and nothing reaches stdout."""
+    small = tmp_path / "log4j2.xml"
+    text = serve.LOG_CONFIG.read_text()
+    keep = int(re.search(r'name="keep">(\d+)<', text).group(1))
+    small.write_text(re.sub(r'name="size">[^<]+<', 'name="size">4 KB<', text))
+    (tmp_path / "store").mkdir()
+    config = serve.isolated_config(tmp_path / "config.properties", load_models="")
+    server = serve.start(tmp_path / "work", config, tmp_path / "store", timeout=120, log_config=small)
+    try:
+        with requests.Session() as s:
+            for _ in range(400):
+                s.get(server.inference + "/ping", headers={"Authorization": "Bearer wrong"}, timeout=10)
+    finally:
+        serve.stop(server)
+    logs = server.workdir / "logs"
+    # ~38 KB of access log in 4 KB files: rolled over and over, only `keep` predecessors left.
+    assert len(list(logs.glob("access_log.*.log.gz"))) == keep
+    for log in logs.glob("*.log"):
+        assert log.stat().st_size <= 8192, log
+    assert (logs / "torchserve.out").stat().st_size < 2048  # the JVM's own lines only
+
+
 @dataclass
 class Shared:
     server: serve.Server
