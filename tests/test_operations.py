@@ -41,6 +41,30 @@ DEFAULT_METRICS = ("MemoryUtilization", "DiskAvailable", "CPUUtilization", "ts_i
 CONTRACT_METRICS = ("imdb_reviews_total", "imdb_request_errors_total", "imdb_batch_seconds_bucket")
 
 
+def test_a_worker_that_cannot_load_fails_the_start_with_the_workers_error(tmp_path: Path) -> None:
+    """A valid zip with garbage weights: TorchServe would retry the worker forever; serve.py stops
+    at the first death and shows the worker's traceback."""
+    import random
+    import zipfile
+
+    store = tmp_path / "store"
+    archive = build_mar.build(SHIPPED, store)
+    with zipfile.ZipFile(archive) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    garbage = random.Random(0).randbytes(len(files["weights.safetensors"]))
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, garbage if name == "weights.safetensors" else data)
+    config = serve.isolated_config(tmp_path / "config.properties")
+    started = time.time()
+    with pytest.raises(RuntimeError) as failed:
+        serve.start(tmp_path / "work", config, store, timeout=180)
+    assert time.time() - started < 90
+    assert "Load model failed: imdb_sentiment" in str(failed.value)
+    assert "model_log.log:" in str(failed.value) and "Error" in str(failed.value)
+    assert serve._pid(tmp_path / "work") is None
+
+
 @pytest.fixture(scope="module")
 def short_keys(tmp_path_factory) -> Iterator[serve.Server]:
     """A server without models whose keys expire after one minute (token_expiration_min=1)."""
