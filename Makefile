@@ -1,11 +1,15 @@
-# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar | make bench [QUICK=1] | make image | make image-test
+# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar [VERSION=2.0] | make bench [QUICK=1]
+#        make soak | make chaos (slow reliability runs, docs/reliability.md) | make image | make image-test (slow: docs/deploy.md)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARTIFACTS ?= model_store/artifacts
-MAR := model_store/imdb_sentiment.mar
+# One archive per version: imdb_sentiment.mar for 1.0 (what config.properties loads), else
+# imdb_sentiment-$(VERSION).mar (scripts/build_mar.py).
+VERSION ?= 1.0
+MAR := model_store/imdb_sentiment$(if $(filter-out 1.0,$(VERSION)),-$(VERSION),).mar
 
-.PHONY: install mar serve stop status test lint train evaluate bench clean image image-test
+.PHONY: install mar serve stop status test lint train evaluate bench soak chaos clean image image-test
 
 install: $(VENV)/.installed
 
@@ -18,7 +22,7 @@ $(VENV)/.installed: requirements.txt $(wildcard requirements/*.txt) pyproject.to
 mar: $(MAR)
 
 $(MAR): install $(wildcard handler/*.py) $(wildcard $(ARTIFACTS)/*) model-config.yaml scripts/build_mar.py
-	$(PY) scripts/build_mar.py --artifacts $(ARTIFACTS)
+	$(PY) scripts/build_mar.py --artifacts $(ARTIFACTS) --version $(VERSION)
 
 serve: mar
 	$(PY) scripts/serve.py start
@@ -44,6 +48,12 @@ evaluate: install
 
 bench: install
 	$(PY) scripts/bench.py $(if $(QUICK),--quick,)
+
+soak: mar
+	$(PY) scripts/soak.py soak
+
+chaos: mar
+	$(PY) scripts/soak.py chaos
 
 clean:
 	rm -rf $(MAR) logs key_file.json

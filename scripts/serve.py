@@ -6,6 +6,15 @@ usage: python scripts/serve.py {start,stop,status} [--workdir .] [--config confi
 TorchServe writes logs/ and key_file.json into its working directory and keeps its pid file under
 $TMPDIR, so each instance gets its own working directory and TMPDIR (``<workdir>/tmp``). The same
 functions start the throw-away servers of the integration tests and the benchmark.
+
+What ``start`` adds to ``torchserve --start``:
+  * the effective configuration (``<workdir>/tmp/ts.properties``): ``allowed_urls`` pinned to
+    ``file://<absolute model store>/<name>.mar`` (no sub-folder, no ``..``), the workflow store
+    pinned to the model store, and log4j2.xml (rotated, bounded logs);
+  * a start that fails loudly: a model that cannot be registered (a corrupt archive) or whose
+    worker dies while loading stops the server within seconds and raises with the cause from
+    ts_log.log / model_log.log, instead of waiting for the timeout;
+  * logs/torchserve.out (the JVM's own stdout) restarts empty, the previous run's kept as .1.
 """
 
 from __future__ import annotations
@@ -25,6 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+LOG_CONFIG = REPO / "log4j2.xml"
+# Lines of ts_log.log / model_log.log that mean a model will not come up: the archive could not be
+# registered, or its worker died while loading (TorchServe would retry it forever).
+FAILURE = re.compile(
+    r"Failed to (?:register|load) model|ModelException|InvalidModelException|DownloadArchiveException"
+    r"|ZipException|Load model failed|Backend worker process died|sha256 mismatch"
+)
 
 
 @dataclass
@@ -75,12 +91,45 @@ def isolated_config(dest: Path, source: Path = REPO / "config.properties", **ove
     return Path(dest)
 
 
-def read_addresses(config: Path) -> dict[str, str]:
+def read_properties(config: Path) -> dict[str, str]:
     props = {}
     for line in Path(config).read_text().splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             k, v = line.split("=", 1)
             props[k.strip()] = v.strip()
+    return props
+
+
+def store_url_pattern(model_store: Path) -> str:
+    """``allowed_urls`` for archives in ``model_store`` itself: file://<store>/<name>.mar, where the
+    name has no "/" (no sub-folder, no traversal). Java regex, written without backslashes (the
+    properties format would eat them): special characters of the path go in [x] classes."""
+    path = str(Path(model_store).resolve())
+    if any(c in path for c in "[]^\\"):
+        raise ValueError(f"model store path {path!r} has characters allowed_urls cannot quote")
+    quoted = "".join(c if c.isalnum() or c in "/_-" else f"[{c}]" for c in path)
+    return f"file://{quoted}/[a-z0-9_][a-z0-9_.-]*[.]mar"
+
+
+def effective_config(config: Path, model_store: Path, workdir: Path) -> Path:
+    """``config`` with allowed_urls and the stores pinned to ``model_store`` (see the module doc)."""
+    pinned = {
+        "allowed_urls": store_url_pattern(model_store),
+        "model_store": str(Path(model_store).resolve()),
+        "workflow_store": str(Path(model_store).resolve()),
+    }
+    text = Path(config).read_text()
+    for key, value in pinned.items():
+        text, found = re.subn(rf"^{key}=.*$", lambda _m, k=key, v=value: f"{k}={v}", text, flags=re.M)
+        if not found:
+            text += f"\n{key}={value}"
+    dest = Path(workdir) / "tmp" / "ts.properties"
+    dest.write_text(text + "\n")
+    return dest
+
+
+def read_addresses(config: Path) -> dict[str, str]:
+    props = read_properties(config)
     return {
         k: props.get(f"{k}_address", d)
         for k, d in (
@@ -103,25 +152,44 @@ def _env(workdir: Path) -> dict:
     return env
 
 
-def start(workdir: Path, config: Path, model_store: Path, timeout: float = 600, models: str | None = None) -> Server:
-    """Start TorchServe in the background and wait until the model answers /ping as Healthy."""
+def start(
+    workdir: Path,
+    config: Path,
+    model_store: Path,
+    timeout: float = 600,
+    models: str | None = None,
+    log_config: Path = LOG_CONFIG,
+) -> Server:
+    """Start TorchServe in the background; return once every model it loads has a READY worker.
+
+    Raises RuntimeError with the log lines that say why, as soon as TorchServe exits, a model
+    fails to register or a worker dies while loading (and stops the server first)."""
     workdir = Path(workdir).resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    config = effective_config(config, model_store, workdir)
     addr = read_addresses(config)
     cmd = [
         _bin("torchserve"),
         "--start",
         "--ncs",
         "--ts-config",
-        str(Path(config).resolve()),
+        str(config),
         "--model-store",
         str(Path(model_store).resolve()),
+        "--workflow-store",
+        str(Path(model_store).resolve()),
+        "--log-config",
+        str(log_config),
     ]
     if models:
         cmd += ["--models", models]
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    out_file = logs / "torchserve.out"
+    if out_file.exists():
+        out_file.replace(logs / "torchserve.out.1")
     # The JVM outlives this call: give it a log file, not our stdout (a pipe would never close).
-    (workdir / "logs").mkdir(exist_ok=True)
-    with open(workdir / "logs" / "torchserve.out", "ab") as out:
+    with open(out_file, "wb") as out:
         subprocess.run(
             cmd,
             cwd=workdir,
@@ -132,34 +200,78 @@ def start(workdir: Path, config: Path, model_store: Path, timeout: float = 600, 
             stderr=subprocess.STDOUT,
         )
     server = Server(workdir, addr["inference"], addr["management"], addr["metrics"])
+    names = expected_models(config, models)
     deadline = time.time() + timeout
     while time.time() < deadline:
         server.pid = server.pid or _pid(workdir)
-        try:
-            req = urllib.request.Request(
-                server.inference + "/ping", headers={"Authorization": f"Bearer {server.keys()['inference']}"}
-            )
-            with urllib.request.urlopen(req, timeout=5) as r:
-                if json.loads(r.read()).get("status") == "Healthy" and _model_ready(server):
-                    return server
-        except (urllib.error.URLError, OSError, ValueError, KeyError):
-            pass
-        time.sleep(1)
-    log = workdir / "logs" / "model_log.log"
-    tail = log.read_text()[-3000:] if log.exists() else "(no model log)"
+        cause = failure(server)
+        if cause:
+            stop(server)
+            raise RuntimeError(f"TorchServe could not serve {', '.join(names)}:\n{cause}")
+        if _healthy(server) and all(_model_ready(server, name) for name in names):
+            return server
+        time.sleep(0.5)
     stop(server)
-    raise RuntimeError(f"TorchServe did not become ready in {timeout}s; model log tail:\n{tail}")
+    raise RuntimeError(f"TorchServe did not become ready in {timeout}s; logs:\n{log_tail(workdir)}")
 
 
-def _model_ready(server: Server) -> bool:
-    """Healthy /ping comes before the workers load: wait for a READY worker of imdb_sentiment."""
+def expected_models(config: Path, models: str | None = None) -> list[str]:
+    """Model names from ``--models`` or the config's load_models (name=archive, comma-separated)."""
+    spec = models or read_properties(config).get("load_models", "")
+    return sorted({entry.split("=", 1)[0].strip() for entry in spec.split(",") if entry.strip()})
+
+
+def failure(server: Server) -> str | None:
+    """Why the server will not come up, or None while it still may: TorchServe exited, or a log
+    line of FAILURE in ts_log.log (with the lines after it), plus the worker's last words from
+    model_log.log (a Python traceback names the cause: a bad archive file, a checksum mismatch)."""
+    if server.pid is not None and not _alive(server.pid):
+        return f"TorchServe exited.\n{log_tail(server.workdir)}"
+    lines = _lines(server.workdir / "logs" / "ts_log.log")
+    hits = [i for i, line in enumerate(lines) if FAILURE.search(line)]
+    if not hits:
+        return None
+    worker = [line for line in _lines(server.workdir / "logs" / "model_log.log") if "MODEL_LOG" in line]
+    cause = "\n".join(lines[hits[0] : hits[0] + 12])
+    return f"ts_log.log:\n{cause}" + ("\nmodel_log.log:\n" + "\n".join(worker[-15:]) if worker else "")
+
+
+def _lines(log: Path) -> list[str]:
+    return log.read_text(errors="replace").splitlines() if log.exists() else []
+
+
+def log_tail(workdir: Path, chars: int = 3000) -> str:
+    parts = []
+    for name in ("ts_log.log", "model_log.log", "torchserve.out"):
+        log = Path(workdir) / "logs" / name
+        if log.exists() and log.stat().st_size:
+            parts.append(f"--- {name}\n{log.read_text(errors='replace')[-chars:]}")
+    return "\n".join(parts) or "(no logs)"
+
+
+def _healthy(server: Server) -> bool:
     try:
         req = urllib.request.Request(
-            server.management + "/models/imdb_sentiment",
+            server.inference + "/ping", headers={"Authorization": f"Bearer {server.keys()['inference']}"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read()).get("status") == "Healthy"
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return False
+
+
+def _model_ready(server: Server, name: str = "imdb_sentiment") -> bool:
+    """Healthy /ping comes before the workers load: every version of ``name`` has a READY worker."""
+    try:
+        req = urllib.request.Request(
+            server.management + f"/models/{name}/all",
             headers={"Authorization": f"Bearer {server.keys()['management']}"},
         )
         with urllib.request.urlopen(req, timeout=5) as r:
-            return any(w.get("status") == "READY" for m in json.loads(r.read()) for w in m.get("workers", []))
+            versions = json.loads(r.read())
+            return bool(versions) and all(
+                any(w.get("status") == "READY" for w in m.get("workers", [])) for m in versions
+            )
     except (urllib.error.URLError, OSError, ValueError, KeyError):
         return False
 
@@ -172,19 +284,30 @@ def _pid(workdir: Path) -> int | None:
 
 
 def stop(server: Server | Path, grace: float = 15) -> None:
-    """Stop by pid (TERM, then KILL), including the Python workers the JVM started."""
+    """Stop by pid (TERM, then KILL), including the Python workers the JVM started.
+
+    The JVM is frozen (SIGSTOP) before its workers are listed: a JVM busy scaling up (a scale call
+    of hundreds of workers) would otherwise start workers after the list was taken, and they would
+    outlive it, orphaned. Frozen, it starts none; its children are killed, then the JVM itself."""
     workdir = server.workdir if isinstance(server, Server) else Path(server).resolve()
     pid = (server.pid if isinstance(server, Server) else None) or _pid(workdir)
     if pid is None:
         return
+    _signal(pid, signal.SIGSTOP)
     children = _children(pid)
-    for p in [pid] + children:
+    for p in children:
         _signal(p, signal.SIGTERM)
     deadline = time.time() + grace
-    while time.time() < deadline and any(_alive(p) for p in [pid] + children):
+    while time.time() < deadline and any(_alive(p) for p in children):
         time.sleep(0.2)
-    for p in [pid] + children:
+    for p in children:
         _signal(p, signal.SIGKILL)
+    _signal(pid, signal.SIGTERM)
+    _signal(pid, signal.SIGCONT)
+    deadline = time.time() + grace
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.2)
+    _signal(pid, signal.SIGKILL)
     (workdir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
 
 
