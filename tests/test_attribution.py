@@ -316,7 +316,7 @@ def test_tie_rules_give_the_same_totals_and_deltas(double_model):
     assert (gaps[0].abs() > 1e-6).all() and torch.allclose(gaps[0], 2 * gaps[1], rtol=1e-9, atol=0)
 
 
-def test_shipped_model_review_with_a_repeated_winning_ngram_follows_each_rule():
+def test_shipped_model_review_with_a_repeated_winning_ngram_follows_each_tie_rule():
     """The issue's example: spaCy splits "<pad>" into "<", "pad", ">", so the 3-gram repeats and ties
     for some channel. The rules differ on it, and each equals its Captum counterpart (float64)."""
     model, vocab = load_model(SHIPPED).double(), Vocab.load(SHIPPED)
