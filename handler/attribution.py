@@ -28,9 +28,11 @@ the tables make bit-identical), the rule ``IGSettings.ties`` decides who gets G[
 * ``first``: all of it to the earliest copy, as ``F.max_pool1d``'s backward does -- the tutorial's
   model, so this reproduces the tutorial's numbers.
 
-Totals (and so delta) are the same under both rules; only the per-token split differs. The Captum
-engine honours the rule too: ``split`` runs Captum on the model's own (``amax``) forward, ``first``
-on the tutorial's ``F.max_pool1d`` forward of the same layers (``model.TutorialCNN``).
+Totals (and so delta) are the same under both rules, except at a node at alpha = 0 (riemann_left,
+riemann_trapezoid), where every window ties and the rule picks whose tokens count; otherwise only the
+per-token split differs. The Captum engine honours the rule too: ``split`` runs Captum on the
+model's own (``amax``) forward, ``first`` on the tutorial's ``F.max_pool1d`` forward of the same
+layers (``model.TutorialCNN``).
 """
 
 from __future__ import annotations
@@ -145,9 +147,8 @@ def layer_ig(
         settings = replace(
             settings, engine="captum", method="gausslegendre" if settings.method == EXACT else settings.method
         )
-    if settings.engine == "fast":
-        model = engine_for(model, taps)
-    out = _run(model, ids, lengths, settings, settings.n_steps)
+    runner = engine_for(model, taps) if settings.engine == "fast" else model  # fast: runs on the tap tables
+    out = _run(runner, ids, lengths, settings, settings.n_steps)
     if not settings.adaptive or settings.method == EXACT or settings.engine == "fast":  # fast: adaptive inside
         return out
     steps = settings.n_steps
@@ -171,7 +172,8 @@ def _unconverged(out: Attribution, rtol: float) -> torch.Tensor:
 
 def chunk_plan(model, lengths: torch.Tensor, settings: IGSettings) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
     """(rows sorted by length [B], chunks (start, end, width) of that order): length groups at most
-    2x apart, each chunk padded only to its own longest row and within ``chunk_elements`` floats."""
+    2x apart, each chunk padded only to its own longest row and within ``chunk_elements`` floats.
+    ``model``: the network, or the TapEngine the fast engine runs on."""
     order = torch.argsort(lengths)
     sorted_lengths = lengths[order].tolist()  # one device sync for all the chunks' widths
     cost = partial(_row_cost, model.model if isinstance(model, TapEngine) else model)
@@ -180,7 +182,8 @@ def chunk_plan(model, lengths: torch.Tensor, settings: IGSettings) -> tuple[torc
 
 
 def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
-    """Each chunk of the plan in one engine call; rows are independent, so answers do not depend on it."""
+    """Each chunk of the plan in one engine call (``model``: the TapEngine for the fast engine, the
+    network for Captum); rows are independent, so answers do not depend on the plan."""
     b, t = ids.shape
     fn = _fast if settings.engine == "fast" else _captum
     order, chunks = chunk_plan(model, lengths, settings)

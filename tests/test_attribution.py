@@ -207,6 +207,7 @@ def test_other_models_fall_back_to_captum():
     ids, lengths = _random_batch(7)
     out = layer_ig(wrapped, ids, lengths, IGSettings(method="exact", n_steps=64))
     assert out.engine == "captum" and out.method == "gausslegendre"
+    assert out.ties == "model"  # its own pooling: the tie rule cannot reach into another model
     exact = layer_ig(wrapped.inner, ids, lengths, IGSettings(method="exact")).attributions
     assert _rel(out.attributions, 2.0 * exact) < 0.05
 
