@@ -275,8 +275,10 @@ def _fast(taps: TapEngine, ids, lengths, settings: IGSettings, n_steps: int) -> 
         # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
         logits = logits + F.relu(conv.p0 + m) @ w_out  # [B]
         ref_logits = ref_logits + F.relu(conv.p0) @ w_out
-        valid = window_mask(lengths, conv.fs, a.shape[1])  # [B, T']
-        convs.append(_Windows(conv, w_out, rows, a, m, _zero_shares(valid, settings.ties, a.dtype)))
+        shares = None  # only rules with a node at alpha = 0 need them (riemann_left, riemann_trapezoid)
+        if settings.method != EXACT and quadrature(settings.method, n_steps)[0][0] == 0.0:
+            shares = _zero_shares(window_mask(lengths, conv.fs, a.shape[1]), settings.ties, a.dtype)
+        convs.append(_Windows(conv, w_out, rows, a, m, shares))
     ref_logits = ref_logits.expand_as(logits)
     steps, weights, at_zero = _choose_steps(convs, logits - ref_logits, settings, n_steps)
     attributions = torch.zeros(b, t, dtype=model.fc.weight.dtype, device=ids.device)  # [B, T]
@@ -377,7 +379,7 @@ class _Windows(NamedTuple):
     rows: torch.Tensor  # [B, T', fs] table rows of each window
     a: torch.Tensor  # [B, T', F] pre-activations minus p0; -inf past a review's length
     m: torch.Tensor  # [B, F] max over time
-    zero_shares: torch.Tensor  # [B, T'] how the tie at alpha = 0 is shared (``_zero_shares``)
+    zero_shares: torch.Tensor | None  # [B, T'] how the tie at alpha = 0 is shared (``_zero_shares``)
 
     def gradient_at_zero(self) -> torch.Tensor:
         """[F] the gradient of each channel's max at alpha = 0 (per unit of node weight), shared over
