@@ -157,6 +157,8 @@ def test_tap_tables_refuse_to_answer_for_changed_weights():
         layer_ig(model, ids, lengths, IGSettings(method="exact"), taps=taps)
     with torch.no_grad():
         assert torch.allclose(TapEngine(model).logits(ids, lengths), model(ids, lengths), atol=1e-5)
+    with pytest.raises(ValueError, match="another model"):  # one model's tables never explain another
+        layer_ig(SentimentCNN(model.config).eval(), ids, lengths, IGSettings(method="exact"), taps=TapEngine(model))
     model.double()
     with pytest.raises(StaleTablesError):
         attach_then_move = token_taps(model)
