@@ -141,7 +141,7 @@ def layer_ig(
     """Attribute each row of ``ids`` [B, T]; falls back to Captum where the fast engine does not apply.
 
     ``taps``: the model's tap tables, built once by the caller (a worker builds them when it loads);
-    without them the fast engine uses the engine attached to the model, else builds one for this call.
+    without them the fast engine uses the engine attached to the model, attaching one on first use.
     """
     if settings.engine == "fast" and not fast_engine_applies(model):
         settings = replace(
