@@ -18,14 +18,27 @@ gradient therefore collapses, per channel, to a scalar weight on one window:
 
 and token t*+j of the winning window gets G[f, t*] * (e - e0) . W[f, :, j]. No step's activations
 are ever materialised; the cost is one pass over the windows whatever the steps. Both A and the
-backward products come from per-token tables (``model.token_taps``), so no convolution runs at all.
-Ties (identical windows) share the gradient equally, as ``amax``'s backward does.
+backward products come from per-token tables (``handler.taps.TapEngine``), so no convolution runs.
+
+Ties. When a channel's maximum is reached by several windows (copies of a repeated n-gram, which
+the tables make bit-identical), the rule ``IGSettings.ties`` decides who gets G[f, t*]:
+
+* ``split`` (default): shared evenly between the copies, as ``amax``'s backward does. Identical
+  windows get identical credit, whatever their order.
+* ``first``: all of it to the earliest copy, as ``F.max_pool1d``'s backward does -- the tutorial's
+  model, so this reproduces the tutorial's numbers.
+
+Totals (and so delta) are the same under both rules, except at a node at alpha = 0 (riemann_left,
+riemann_trapezoid), where every window ties and the rule picks whose tokens count; otherwise only the
+per-token split differs. The Captum engine honours the rule too: ``split`` runs Captum on the
+model's own (``amax``) forward, ``first`` on the tutorial's ``F.max_pool1d`` forward of the same
+layers (``model.TutorialCNN``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 import torch
@@ -33,7 +46,8 @@ import torch.nn.functional as F
 from captum.attr import LayerIntegratedGradients, TokenReferenceBase
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
-from handler.model import SentimentCNN, TokenTaps, token_taps, window_mask, window_sums
+from handler.model import SentimentCNN, TutorialCNN, window_mask
+from handler.taps import TapEngine, TokenTaps, engine_for, length_groups, window_sums
 
 EXACT = "exact"
 METHODS = tuple(SUPPORTED_METHODS) + (EXACT,)
@@ -50,9 +64,9 @@ class IGSettings:
     adaptive: bool = False  # raise steps (doubling) per review until the relative delta <= rtol
     rtol: float = 1e-3
     max_steps: int = 1024
-    # Rows per chunk are sized so one chunk's activations stay within this many floats.
+    # Rows go in length groups (at most 2x apart), cut so that one chunk's activations stay
+    # within this many floats.
     chunk_elements: int = 4_000_000
-    internal_batch_size: int | None = None  # captum engine only
     ties: str = "split"  # see TIES; "first" is what F.max_pool1d's backward does
 
     def __post_init__(self):
@@ -77,6 +91,7 @@ class Attribution:
     n_steps: torch.Tensor  # [B] steps used; 0 for the exact integral
     method: str
     engine: str
+    ties: str  # the tie rule applied (see TIES); "model" for a model the rule cannot reach (its own pool)
 
     def relative_delta(self) -> torch.Tensor:
         """|delta| / |F(input) - F(reference)|, the convergence measure used for adaptivity."""
@@ -116,13 +131,24 @@ def fast_engine_applies(model: torch.nn.Module) -> bool:
     return isinstance(model, SentimentCNN) and model.config.output_dim == 1
 
 
-def layer_ig(model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor, settings: IGSettings) -> Attribution:
-    """Attribute each row of ``ids`` [B, T]; falls back to Captum where the fast engine does not apply."""
+def layer_ig(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    settings: IGSettings,
+    taps: TapEngine | None = None,
+) -> Attribution:
+    """Attribute each row of ``ids`` [B, T]; falls back to Captum where the fast engine does not apply.
+
+    ``taps``: the model's tap tables, built once by the caller (a worker builds them when it loads);
+    without them the fast engine uses the engine attached to the model, attaching one on first use.
+    """
     if settings.engine == "fast" and not fast_engine_applies(model):
         settings = replace(
             settings, engine="captum", method="gausslegendre" if settings.method == EXACT else settings.method
         )
-    out = _run(model, ids, lengths, settings, settings.n_steps)
+    runner = engine_for(model, taps) if settings.engine == "fast" else model  # fast: runs on the tap tables
+    out = _run(runner, ids, lengths, settings, settings.n_steps)
     if not settings.adaptive or settings.method == EXACT or settings.engine == "fast":  # fast: adaptive inside
         return out
     steps = settings.n_steps
@@ -144,17 +170,26 @@ def _unconverged(out: Attribution, rtol: float) -> torch.Tensor:
     return (out.relative_delta() > rtol) & (out.delta.abs() > 1e-6)
 
 
-def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
-    """Length-bucketed chunks: a short review is never padded to the batch's longest one."""
+def chunk_plan(model, lengths: torch.Tensor, settings: IGSettings) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """(rows sorted by length [B], chunks (start, end, width) of that order): length groups at most
+    2x apart, each chunk padded only to its own longest row and within ``chunk_elements`` floats.
+    ``model``: the network, or the TapEngine the fast engine runs on."""
     order = torch.argsort(lengths)
     sorted_lengths = lengths[order].tolist()  # one device sync for all the chunks' widths
+    cost = partial(_row_cost, model.model if isinstance(model, TapEngine) else model)
+    chunks = length_groups(sorted_lengths, cost, settings.chunk_elements)
+    return order, [(start, end, sorted_lengths[end - 1]) for start, end in chunks]
+
+
+def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
+    """Each chunk of the plan in one engine call (``model``: the TapEngine for the fast engine, the
+    network for Captum); rows are independent, so answers do not depend on the plan."""
     b, t = ids.shape
-    rows_per_chunk = max(1, settings.chunk_elements // _row_cost(model, max(t, 1)))
     fn = _fast if settings.engine == "fast" else _captum
+    order, chunks = chunk_plan(model, lengths, settings)
     parts = []
-    for start in range(0, b, rows_per_chunk):
-        rows = order[start : start + rows_per_chunk]
-        width = sorted_lengths[min(start + rows_per_chunk, b) - 1]
+    for start, end, width in chunks:
+        rows = order[start:end]
         parts.append((rows, fn(model, ids[rows, :width], lengths[rows], settings, n_steps)))
     dtype = parts[0][1].attributions.dtype
     out = Attribution(
@@ -163,6 +198,7 @@ def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution
         n_steps=torch.empty(b, dtype=torch.long, device=ids.device),
         method=settings.method,
         engine=settings.engine,
+        ties=parts[0][1].ties,
     )
     for rows, res in parts:
         width = res.attributions.shape[1]
@@ -185,22 +221,30 @@ def _row_cost(model, tokens: int) -> int:
 
 
 def _captum(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
-    """Captum's LayerIntegratedGradients; runs with autograd on even inside TorchServe's inference_mode."""
+    """Captum's LayerIntegratedGradients; runs with autograd on even inside TorchServe's inference_mode.
+
+    On a SentimentCNN the forward follows the tie rule: the model's own ``amax`` forward for
+    ``split``, the tutorial's ``F.max_pool1d`` forward of the same layers for ``first``. Any other
+    model runs as it is, with its own pooling (reported as ties "model")."""
+    ties = "model"
+    forward = model
+    if isinstance(model, SentimentCNN):
+        ties = settings.ties
+        forward = TutorialCNN(model, "max_pool1d") if ties == "first" else model
     with torch.inference_mode(False), torch.enable_grad():
         ids, lengths = ids.clone(), lengths.clone()  # inference tensors cannot be saved for backward
         ref = reference_ids(ids, model.embedding.padding_idx)
-        lig = LayerIntegratedGradients(model, model.embedding)
+        lig = LayerIntegratedGradients(forward, model.embedding)
         attr, delta = lig.attribute(
             ids,
             ref,
             additional_forward_args=(lengths,),
             n_steps=n_steps,
             method=settings.method,
-            internal_batch_size=settings.internal_batch_size,
             return_convergence_delta=True,
         )
         with torch.no_grad():
-            logits, ref_logits = model(ids, lengths), model(ref, lengths)
+            logits, ref_logits = forward(ids, lengths), forward(ref, lengths)
     return Attribution(
         attr.sum(dim=2).detach(),
         delta.detach(),
@@ -209,51 +253,72 @@ def _captum(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribut
         torch.full_like(lengths, n_steps),
         settings.method,
         "captum",
+        ties,
     )
 
 
 @torch.no_grad()
-def _fast(model: SentimentCNN, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
+def _fast(taps: TapEngine, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
     """Two passes: the windows' pre-activations and maxima of every filter size, then the backward
     scatter with each review's step count -- chosen in between, by ``_choose_steps``, from [B, F]
     quantities alone, so adaptive steps cost no extra pass over the windows."""
+    taps.check()
+    model = taps.model
     b, t = ids.shape
-    dtype = model.fc.weight.dtype
     w_fc = model.fc.weight[0].split(model.config.n_filters)  # len(fs) x [F]
     logits = ref_logits = model.fc.bias[0]
     shortest = int(lengths.min())
     convs = []
-    for taps, w_out in zip(token_taps(model), w_fc):
-        rows, a = window_sums(
-            taps, ids, lengths, shortest
-        )  # [B, T', fs] table rows per window, [B, T', F] A = conv(e - e0)
-        valid = window_mask(lengths, taps.fs, a.shape[1])  # [B, T']
+    for conv, w_out in zip(taps.convs, w_fc):
+        rows, a = window_sums(conv, ids, lengths, shortest)  # [B, T', fs] table rows, [B, T', F] A = conv(e - e0)
         m = a.amax(dim=1)  # [B, F]
         # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
-        logits = logits + F.relu(taps.p0 + m) @ w_out  # [B]
-        ref_logits = ref_logits + F.relu(taps.p0) @ w_out
-        convs.append(_Windows(taps, w_out, rows, a, valid, m))
+        logits = logits + F.relu(conv.p0 + m) @ w_out  # [B]
+        ref_logits = ref_logits + F.relu(conv.p0) @ w_out
+        shares = None  # only rules with a node at alpha = 0 need them (riemann_left, riemann_trapezoid)
+        if settings.method != EXACT and quadrature(settings.method, n_steps)[0][0] == 0.0:
+            shares = _zero_shares(window_mask(lengths, conv.fs, a.shape[1]), settings.ties, a.dtype)
+        convs.append(_Windows(conv, w_out, rows, a, m, shares))
     ref_logits = ref_logits.expand_as(logits)
     steps, weights, at_zero = _choose_steps(convs, logits - ref_logits, settings, n_steps)
-
-    attributions = torch.zeros(b, t, dtype=dtype, device=ids.device)  # [B, T]
+    attributions = torch.zeros(b, t, dtype=model.fc.weight.dtype, device=ids.device)  # [B, T]
     for w, g in zip(convs, weights):
-        fs, n = w.taps.fs, w.a.shape[1]
-        winners = w.a == w.m.unsqueeze(1)  # [B, T', F]; ties split g evenly, as amax's backward
+        _scatter_winners(attributions, w, g, settings.ties)
+        if at_zero is not None:  # at alpha = 0 every valid window ties (all equal p0)
+            per_token = (w.taps.table @ w.gradient_at_zero()).view(w.taps.fs, -1)  # [fs, V]
+            share = at_zero.unsqueeze(1) * w.zero_shares  # [B, T']
+            n = w.a.shape[1]
+            for j in range(w.taps.fs):
+                attributions[:, j : j + n] += share * per_token[j][ids[:, j : j + n]]
+    delta = attributions.sum(dim=1) - (logits - ref_logits)
+    return Attribution(attributions, delta, logits, ref_logits, steps, settings.method, "fast", settings.ties)
+
+
+def _zero_shares(valid: torch.Tensor, ties: str, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T'] each window's share of a channel's gradient at alpha = 0, where all valid windows tie:
+    even over the valid windows (``split``), or all to the first window (``first``)."""
+    shares = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    if ties == "first":
+        return shares.index_fill_(1, torch.zeros(1, dtype=torch.long, device=valid.device), 1.0)
+    return shares.masked_fill_(valid, 1.0) / valid.sum(dim=1, keepdim=True)
+
+
+def _scatter_winners(attributions: torch.Tensor, w: _Windows, g: torch.Tensor, ties: str) -> None:
+    """Backward through each channel's winning window(s): token t*+j gets share * (e - e0) . W[f, :, j],
+    the table entry already looked up in the forward pass. ``attributions`` [B, T] is added to."""
+    b, t = attributions.shape
+    if ties == "first":  # argmax returns the first maximal index, as F.max_pool1d's backward routes it
+        start = w.a.argmax(dim=1).flatten()  # [B * F]
+        row = torch.arange(b, device=g.device).repeat_interleave(g.shape[1])  # [B * F]
+        ch = torch.arange(g.shape[1], device=g.device).repeat(b)  # [B * F]
+        share = g.flatten()
+    else:  # split: every window equal to the max gets an even share, as amax's backward
+        winners = w.a == w.m.unsqueeze(1)  # [B, T', F]
         row, start, ch = winners.nonzero(as_tuple=True)  # [N] each; N = B*F without ties
         share = g[row, ch] / winners.sum(dim=1)[row, ch]  # [N]
-        # Backward through the winning window: token t*+j gets share * (e - e0) . W[f, :, j],
-        # which is the table entry already looked up in the forward pass.
-        values = w.taps.table[w.rows[row, start], ch.unsqueeze(1)] * share.unsqueeze(1)  # [N, fs]
-        tokens = (row * t + start).unsqueeze(1) + torch.arange(fs, device=ids.device)  # [N, fs] flat [B, T] index
-        attributions.view(-1).index_add_(0, tokens.flatten(), values.flatten())
-        if at_zero is not None:  # at alpha = 0 every valid window ties (all equal p0): amax splits evenly
-            per_token = (w.taps.table @ w.gradient_at_zero()).view(fs, -1)  # [fs, V]
-            even = at_zero.unsqueeze(1) * w.valid / w.valid.sum(dim=1, keepdim=True)  # [B, T']
-            for j in range(fs):
-                attributions[:, j : j + n] += even * per_token[j][ids[:, j : j + n]]
-    delta = attributions.sum(dim=1) - (logits - ref_logits)
-    return Attribution(attributions, delta, logits, ref_logits, steps, settings.method, "fast")
+    values = w.taps.table[w.rows[row, start], ch.unsqueeze(1)] * share.unsqueeze(1)  # [N, fs]
+    tokens = (row * t + start).unsqueeze(1) + torch.arange(w.taps.fs, device=g.device)  # [N, fs] flat [B, T] index
+    attributions.view(-1).index_add_(0, tokens.flatten(), values.flatten())
 
 
 def _choose_steps(convs: list, gap: torch.Tensor, settings: IGSettings, n_steps: int):
@@ -279,8 +344,7 @@ def _choose_steps(convs: list, gap: torch.Tensor, settings: IGSettings, n_steps:
     if rules[0][2]:  # the rule has a node at alpha = 0
         zero_sums = sum(
             (
-                torch.where(w.valid.unsqueeze(2), w.a, 0.0).sum(dim=1)
-                / w.valid.sum(dim=1, keepdim=True)
+                torch.where(w.zero_shares.unsqueeze(2) > 0, w.a, 0.0).mul(w.zero_shares.unsqueeze(2)).sum(dim=1)
                 * w.gradient_at_zero()
             ).sum(dim=1)
             for w in convs
@@ -314,12 +378,12 @@ class _Windows(NamedTuple):
     w_out: torch.Tensor  # [F] its slice of the linear layer
     rows: torch.Tensor  # [B, T', fs] table rows of each window
     a: torch.Tensor  # [B, T', F] pre-activations minus p0; -inf past a review's length
-    valid: torch.Tensor  # [B, T'] bool
     m: torch.Tensor  # [B, F] max over time
+    zero_shares: torch.Tensor | None  # [B, T'] how the tie at alpha = 0 is shared (``_zero_shares``)
 
     def gradient_at_zero(self) -> torch.Tensor:
-        """[F] the gradient of each channel's max at alpha = 0 (per unit of node weight), spread
-        evenly over the windows, which all tie there: w_out where ReLU(p0) is on."""
+        """[F] the gradient of each channel's max at alpha = 0 (per unit of node weight), shared over
+        the windows, which all tie there, by ``zero_shares``: w_out where ReLU(p0) is on."""
         return (self.taps.p0 > 0).to(self.w_out.dtype) * self.w_out
 
 

@@ -8,16 +8,19 @@ reach past a review's own (min_len-padded) length are excluded from the max-pool
 the same logit whether it is scored alone or padded to the longest review of a batch. Without it,
 ReLU(bias) of all-padding windows could win the max-pool and batching would change answers.
 
-Serving evaluates the same network through per-token tables (``token_taps``, ``predict_logits``):
-no convolution at inference. ``forward`` stays the tutorial's computation, for training, for
-Captum, and as the reference the tables are tested against.
+One deliberate difference: ``forward`` pools with ``amax``, whose gradient shares a tie (a repeated
+n-gram's identical windows) evenly; the tutorial's ``F.max_pool1d`` gives it all to the first copy.
+Both are the same function; ``TutorialCNN`` is the tutorial's forward on the same layers, the
+reference for Layer IG under either tie rule.
+
+Serving evaluates the same network through per-token tables (``handler.taps.TapEngine``): no
+convolution at inference. ``forward`` stays the tutorial's computation, for training, for Captum,
+and as the reference the tables are tested against. This module is the network and its artifacts.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
-import weakref
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -94,89 +97,52 @@ def window_mask(lengths: torch.Tensor, filter_size: int, n_windows: int) -> torc
     return (t.unsqueeze(0) + filter_size) <= lengths.unsqueeze(1)
 
 
-@dataclass(frozen=True)
-class TokenTaps:
-    """One convolution as per-vocabulary-token projections: ``table[j * V + v, f]`` is
-    (e_v - e_pad) . W[f, :, j], tap j of filter f on token v's embedding minus the padding
-    token's. A window's pre-activation is then p0 plus the sum of fs table rows, one per token."""
+class TutorialCNN(nn.Module):
+    """The tutorial's own forward on a SentimentCNN's layers (shared, not copied): Conv2d over
+    [B, 1, T, E], ReLU, then ``F.max_pool1d`` over time (``pool="max_pool1d"``) or ``amax``.
 
-    table: torch.Tensor  # [fs * V, F]
-    p0: torch.Tensor  # [F] pre-activation of an all-padding window (bias included)
-    fs: int
-
-
-_TAPS: weakref.WeakKeyDictionary[SentimentCNN, tuple[tuple, list[TokenTaps]]] = weakref.WeakKeyDictionary()
-
-
-def token_taps(model: SentimentCNN) -> list[TokenTaps]:
-    """The tap tables of each convolution, built once per model and again if its weights change.
-
-    Why tables: the convolutions only ever see the vocabulary's V token vectors, so projecting them
-    once (12 x V x F floats: 120 MB for the shipped model) turns every later convolution into fs
-    row lookups per window -- one ``embedding_bag`` -- for predictions and Layer IG alike (on CPU
-    about 10x cheaper than the convolution at one thread). Windows with the same tokens also sum
-    the same rows in the same order, so they get bit-identical values, which a convolution's
-    vectorised sums do not guarantee.
+    The two pools differ only in their backward when a channel's maximum is reached by several
+    windows (a repeated n-gram): ``F.max_pool1d`` routes the whole gradient to the first of them,
+    ``amax`` shares it evenly. Captum's Layer IG therefore gives different per-token answers on
+    the two; this view is the reference for each tie rule (``IGSettings.ties``). Windows past a
+    row's ``lengths`` are masked as in :class:`SentimentCNN`.
     """
-    params = [model.embedding.weight] + [p for conv in model.convs for p in (conv.weight, conv.bias)]
-    stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    cached = _TAPS.get(model)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    with torch.no_grad():
-        emb = model.embedding.weight  # [V, E]
-        emb_pad = emb[model.embedding.padding_idx]  # [E]
-        taps = []
-        for conv in model.convs:
-            w = conv1d_weight(conv)  # [F, E, fs]
-            table = torch.einsum("ve,fej->jvf", emb - emb_pad, w).reshape(-1, w.shape[0]).contiguous()
-            taps.append(TokenTaps(table, conv.bias + torch.einsum("fej,e->f", w, emb_pad), w.shape[2]))
-    _TAPS[model] = (stamp, taps)
-    return taps
+
+    POOLS = ("max_pool1d", "amax")
+
+    def __init__(self, model: SentimentCNN, pool: str = "max_pool1d"):
+        super().__init__()
+        if pool not in self.POOLS:
+            raise ValueError(f"pool must be one of {self.POOLS}")
+        self.config, self.pool = model.config, pool
+        self.embedding, self.convs, self.dropout, self.fc = model.embedding, model.convs, model.dropout, model.fc
+        self.train(model.training)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embedding(ids).unsqueeze(1)  # [B, 1, T, E]
+        pooled = []
+        for conv in self.convs:
+            h = F.relu(conv(x).squeeze(3))  # [B, F, T - fs + 1]
+            if lengths is not None:
+                h = h * window_mask(lengths, conv.kernel_size[0], h.shape[2]).unsqueeze(1).to(h.dtype)
+            pooled.append(F.max_pool1d(h, h.shape[2]).squeeze(2) if self.pool == "max_pool1d" else h.amax(dim=2))
+        return self.fc(self.dropout(torch.cat(pooled, dim=1))).squeeze(1)  # [B]
 
 
-def window_sums(
-    taps: TokenTaps, ids: torch.Tensor, lengths: torch.Tensor, shortest: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [B, T] -> (table rows [B, T', fs], pre-activations minus p0 [B, T', F]), T' = T - fs + 1;
-    windows that reach past a row's length are -inf, so they never win a max-pool. ``shortest`` is
-    min(lengths), known to the caller (read once, not with a device sync per filter size)."""
-    b, t = ids.shape
-    vocab = taps.table.shape[0] // taps.fs
-    rows = ids.unfold(1, taps.fs, 1) + torch.arange(taps.fs, device=ids.device) * vocab  # [B, T', fs]
-    a = F.embedding_bag(rows.reshape(-1, taps.fs), taps.table, mode="sum").view(b, rows.shape[1], -1)
-    tail = max(shortest - taps.fs + 1, 0)  # windows before this one are valid in every row
-    if tail < a.shape[1]:
-        a[:, tail:].masked_fill_(~window_mask(lengths, taps.fs, a.shape[1])[:, tail:, None], float("-inf"))
-    return rows, a
+def token_taps(model: SentimentCNN):
+    """Compatibility entry point (callers written before ``handler.taps``): build the model's
+    :class:`~handler.taps.TapEngine` and attach it as ``model.tap_engine``, where ``predict_logits``
+    and ``layer_ig`` find it. New code builds a TapEngine, keeps it, and passes it explicitly."""
+    from handler.taps import attach  # handler.taps imports this module
+
+    return attach(model)
 
 
-@torch.no_grad()
 def predict_logits(model: SentimentCNN, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """ids [B, T] -> logits [B] as ``model(ids, lengths)`` in eval mode, through the tap tables.
+    """Compatibility entry point: ``TapEngine.logits`` with the model's attached engine (see ``token_taps``)."""
+    from handler.taps import engine_for
 
-    ReLU is monotonic and p0 is the same for every window, so max_t ReLU(p0 + A_t) = ReLU(p0 + max_t A_t).
-    Rows go in groups of lengths at most 2x apart, each padded only to its own longest: IMDB
-    reviews run from a few tokens to 512, and padding all to the longest tripled the work.
-    """
-    order = torch.argsort(lengths)
-    sorted_lengths = lengths[order].tolist()  # one device sync
-    logits = torch.empty(len(sorted_lengths), dtype=model.fc.weight.dtype, device=ids.device)
-    start = 0
-    while start < len(sorted_lengths):
-        end = bisect.bisect_right(sorted_lengths, 2 * sorted_lengths[start], lo=start)
-        rows = order[start:end]
-        logits[rows] = _logits(model, ids[rows, : sorted_lengths[end - 1]], lengths[rows], sorted_lengths[start])
-        start = end
-    return logits
-
-
-def _logits(model: SentimentCNN, ids: torch.Tensor, lengths: torch.Tensor, shortest: int) -> torch.Tensor:
-    logits = model.fc.bias[0]
-    for taps, w_out in zip(token_taps(model), model.fc.weight[0].split(model.config.n_filters)):
-        _, a = window_sums(taps, ids, lengths, shortest)  # [B, T', F]
-        logits = logits + F.relu(taps.p0 + a.amax(dim=1)) @ w_out  # [B]
-    return logits
+    return engine_for(model).logits(ids, lengths)
 
 
 def save_artifacts(model: SentimentCNN, directory: Path, half_embedding: bool = True) -> None:
