@@ -298,7 +298,7 @@ def prediction(
     }
 
 
-def explanation(base: dict, tokens: list[str], attr: Attribution, row: int, ties: str) -> dict:
+def explanation(base: dict, tokens: list[str], attr: Attribution, row: int) -> dict:
     """Add Layer-IG fields for ``row`` of a batch result; padding is excluded from the tokens."""
     raw = attr.attributions[row, : len(tokens)].tolist()
     norm = math.sqrt(sum(a * a for a in raw)) or 1.0
@@ -313,7 +313,7 @@ def explanation(base: dict, tokens: list[str], attr: Attribution, row: int, ties
         "method": attr.method,
         "n_steps": int(attr.n_steps[row]),
         "engine": attr.engine,
-        "ties": ties,
+        "ties": attr.ties,  # the rule the engine applied ("model" for a model it cannot see into)
     }
 
 

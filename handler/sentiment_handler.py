@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,10 +34,11 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler import checksums, device, payload
 from handler.attribution import IGSettings, fast_engine_applies, layer_ig, prepare_quadrature
 from handler.batch import Batch
-from handler.model import load_model, predict_logits, token_taps
+from handler.model import load_model
 from handler.payload import Request, RequestError
 from handler.serving_metrics import ServingMetrics
 from handler.settings import HandlerSettings
+from handler.taps import TapEngine
 from handler.text import EncodedBatch, TextSettings, Vocab, encode, tokenize
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,9 @@ class SentimentHandler(BaseHandler):
         self.version = ((self.manifest or {}).get("model") or {}).get("modelVersion")
         self.serving_metrics = ServingMetrics(context.metrics, context.model_name, self.version)
         prepare_quadrature(self.ig)  # the rules adaptive steps may reach, computed now, not in a request
-        self.forward = self.model
-        if fast_engine_applies(self.model):  # predictions and the fast engine run on tap tables: built now
-            token_taps(self.model)
-            self.forward = partial(predict_logits, self.model)
+        # Predictions and the fast engine run on the model's tap tables, built once here, owned here.
+        self.taps = TapEngine(self.model) if fast_engine_applies(self.model) else None
+        self.forward = self.taps.logits if self.taps else self.model
         self.initialized = True
         logger.info(
             "imdb_sentiment %s on %s, vocab %d, explain %s", self.version, self.device, len(self.vocab), self.ig
@@ -173,11 +172,11 @@ class SentimentHandler(BaseHandler):
         sel = torch.tensor(rows, device=self.device)
         width = int(enc.lengths[sel].max())
         t0 = time.perf_counter()
-        attr = layer_ig(self.model, enc.ids[sel, :width], enc.lengths[sel], settings)
+        attr = layer_ig(self.model, enc.ids[sel, :width], enc.lengths[sel], settings, taps=self.taps)
         self.serving_metrics.observe("imdb_explanation_seconds", (time.perf_counter() - t0) / len(rows))
         for i, j in enumerate(rows):
             base = self._base(enc, j, float(attr.logits[i]))
-            batch.answers[batch.order[j]] = payload.explanation(base, enc.tokens[j], attr, i, settings.ties)
+            batch.answers[batch.order[j]] = payload.explanation(base, enc.tokens[j], attr, i)
 
     def _base(self, enc: EncodedBatch, j: int, logit: float) -> dict:
         answer = payload.prediction(

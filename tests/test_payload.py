@@ -159,9 +159,16 @@ def test_explanations_report_the_tie_rule():
     from handler.attribution import Attribution
 
     attr = Attribution(
-        torch.tensor([[3.0, 4.0]]), torch.zeros(1), torch.ones(1), torch.zeros(1), torch.zeros(1), "exact", "fast"
+        torch.tensor([[3.0, 4.0]]),
+        torch.zeros(1),
+        torch.ones(1),
+        torch.zeros(1),
+        torch.zeros(1),
+        "exact",
+        "fast",
+        ties="first",
     )
-    answer = explanation({"label": "pos"}, ["a", "b"], attr, 0, "first")
+    answer = explanation({"label": "pos"}, ["a", "b"], attr, 0)
     assert answer["ties"] == "first" and answer["attributions_normalized"] == [0.6, 0.8]
 
 
