@@ -1,11 +1,11 @@
-# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar | make bench [QUICK=1]
+# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar | make bench [QUICK=1] | make bench-served
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARTIFACTS ?= model_store/artifacts
 MAR := model_store/imdb_sentiment.mar
 
-.PHONY: install mar serve stop status test lint train evaluate bench clean
+.PHONY: install mar serve stop status test lint train evaluate bench bench-served clean
 
 install: $(VENV)/.installed
 
@@ -42,8 +42,15 @@ train: install
 evaluate: install
 	$(PY) scripts/evaluate.py --artifacts $(ARTIFACTS)
 
+# bench: the engine comparison (QUICK=1: 64 reviews, about 1 min), then the served load test.
 bench: install
-	$(PY) scripts/bench.py $(if $(QUICK),--quick,)
+	$(PY) scripts/bench_engines.py $(if $(QUICK),--quick,)
+	$(if $(QUICK),,$(PY) scripts/bench_served.py)
+
+# bench-served: issue 13's served mixed-length case alone (TorchServe vs the handler in-process,
+# batchSize 8, one IMDB review per request at the real length mix, concurrency 1, 8 and 32).
+bench-served: install
+	$(PY) scripts/bench_served.py
 
 clean:
 	rm -rf $(MAR) logs key_file.json
