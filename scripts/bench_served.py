@@ -1,12 +1,14 @@
 """Served load: a real TorchServe driven by concurrent clients, against the same handler in-process.
 
-usage: python scripts/bench_served.py [--batch-sizes 8] [--concurrency 1 8 32] [--requests 256]
+usage: python scripts/bench_served.py [--batch-sizes 8] [--concurrency 1 8 32] [--requests 256] [--per-request 1]
                                       [--kinds explanations predictions] [--worker-threads T]
                                       [--artifacts DIR] [--data PATH] [--seed 0] [--out bench_results/served-cpu.json]
 
 The default run is issue 13's served mixed-length case: ``--requests`` IMDB test reviews at the
 test set's real length mix (seeded), one review per request, so that TorchServe's batching puts
 reviews of 7 to 512+ tokens side by side in each batch of the shipped batchSize (8).
+``--per-request N`` sends N reviews per request instead, as KServe v1 ``instances`` (what a bulk
+client does); rates are then reviews/s, and the in-process handler gets the very same bodies.
 
 For each batchSize (maxBatchDelay as model-config.yaml ships it; 0 for batchSize 1) it
   1. runs the real handler in-process (handler/inprocess.py) on the same reviews, batchSize
@@ -45,10 +47,19 @@ MODEL_CONFIG = bench_inputs.REPO / "model-config.yaml"
 KINDS = ("explanations", "predictions")
 
 
-def inprocess_rows(artifacts: Path, texts: list[str], batch_size: int, kinds: list[str]) -> list[dict]:
-    """The served path without the server: decode, tokenize, engine and JSON-ready answers of the
-    real handler, ``batch_size`` reviews per call (and one per call), loading not timed. The
-    handler sets its own torch threads from model-config.yaml, as in the served worker."""
+def request_bodies(texts: list[str], per_request: int) -> list[str]:
+    """One JSON body per request: {"text": ...}, or KServe v1 {"instances": [...]} of ``per_request``."""
+    if per_request == 1:
+        return [json.dumps({"text": t}) for t in texts]
+    groups = [texts[i : i + per_request] for i in range(0, len(texts), per_request)]
+    return [json.dumps({"instances": [{"text": t} for t in g]}) for g in groups]
+
+
+def inprocess_rows(artifacts: Path, bodies: list[str], reviews: int, batch_size: int, kinds: list[str]) -> list[dict]:
+    """The served path without the server: the real handler answers the same request bodies
+    (decode, tokenize, engine, JSON-ready answers), ``batch_size`` requests per call as a full
+    frontend batch, and one per call; loading is not timed. The handler sets its own torch
+    threads from model-config.yaml, as in the served worker."""
     from handler.inprocess import answer, local_handler
 
     rows = []
@@ -56,14 +67,15 @@ def inprocess_rows(artifacts: Path, texts: list[str], batch_size: int, kinds: li
         handler, context = local_handler(artifacts, batch_size=per_call)
         for kind in kinds:
             explain = kind == "explanations"
-            answer(handler, context, texts[: 2 * per_call], explain)  # warm-up
+            answer(handler, context, bodies[: 2 * per_call], explain)  # warm-up
             t0 = time.perf_counter()
-            answers = answer(handler, context, texts, explain)
-            per_s = len(texts) / (time.perf_counter() - t0)
-            if len(answers) != len(texts):
-                raise RuntimeError(f"in-process handler answered {len(answers)} of {len(texts)} reviews")
-            rows.append({"kind": kind, "batchSize": batch_size, "reviews_per_call": per_call, "per_s": per_s})
-            print(f"  in-process {kind:12s} {per_call:3d} reviews/call {per_s:8.1f}/s", flush=True)
+            answers = answer(handler, context, bodies, explain)
+            per_s = reviews / (time.perf_counter() - t0)
+            failed = [a for a in answers if "error" in a or "code" in a]
+            if len(answers) != len(bodies) or failed:
+                raise RuntimeError(f"in-process handler: {len(answers)} answers to {len(bodies)}, e.g. {failed[:1]}")
+            rows.append({"kind": kind, "batchSize": batch_size, "requests_per_call": per_call, "reviews_per_s": per_s})
+            print(f"  in-process {kind:12s} {per_call:3d} requests/call {per_s:8.1f} reviews/s", flush=True)
     return rows
 
 
@@ -92,15 +104,17 @@ def torchserve(artifacts: Path, batch_size: int, delay_ms: int, worker_threads: 
             serve.stop(server)
 
 
-def served_rows(server, bodies: list[bytes], concurrency: list[int], kinds: list[str], labels: dict) -> list[dict]:
-    key = server.keys()["inference"]
+def served_rows(server, bodies: list[str], per_request: int, concurrency: list[int], kinds: list[str], labels: dict):
+    """Every body once per kind and concurrency (after a warm-up); requests/s and reviews/s."""
+    key, raw = server.keys()["inference"], [b.encode() for b in bodies]
     rows = []
     for kind in kinds:
         for c in concurrency:
-            res = bench_load.drive(f"{server.inference}/{kind}/{MODEL}", key, bodies, c)
+            res = bench_load.drive(f"{server.inference}/{kind}/{MODEL}", key, raw, c)
+            res["reviews_per_s"] = res["per_s"] * per_request
             rows.append({"kind": kind, **labels, "concurrency": c, **res})
             print(
-                f"  served {kind:12s} batchSize={labels['batchSize']:<3d} c={c:<3d} {res['per_s']:8.1f}/s "
+                f"  served {kind:12s} batchSize={labels['batchSize']:<3d} c={c:<3d} {res['reviews_per_s']:8.1f} reviews/s "
                 f"p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms errors {res['errors']}",
                 flush=True,
             )
@@ -116,16 +130,19 @@ def set_worker_threads(worker_threads: int | None) -> None:
 
 
 def ratios(served: list[dict], inprocess: list[dict]) -> list[dict]:
-    """served / in-process at the same batchSize, per kind and concurrency."""
-    ref = {(r["kind"], r["batchSize"]): r["per_s"] for r in inprocess if r["reviews_per_call"] == r["batchSize"]}
+    """served / in-process reviews/s, the in-process handler taking full frontend batches of the
+    same batchSize (issue 13's reference), per kind and concurrency."""
+    ref = {
+        (r["kind"], r["batchSize"]): r["reviews_per_s"] for r in inprocess if r["requests_per_call"] == r["batchSize"]
+    }
     return [
         {
             "kind": s["kind"],
             "batchSize": s["batchSize"],
             "concurrency": s["concurrency"],
-            "served_per_s": s["per_s"],
-            "inprocess_per_s": ref[(s["kind"], s["batchSize"])],
-            "ratio": s["per_s"] / ref[(s["kind"], s["batchSize"])],
+            "served_reviews_per_s": s["reviews_per_s"],
+            "inprocess_reviews_per_s": ref[(s["kind"], s["batchSize"])],
+            "ratio": s["reviews_per_s"] / ref[(s["kind"], s["batchSize"])],
         }
         for s in served
     ]
@@ -139,6 +156,7 @@ SERVED_COLUMNS = {
     "requests": "requests",
     "errors": "errors",
     "per_s": "requests/s",
+    "reviews_per_s": "reviews/s",
     "p50_ms": "p50 ms",
     "p99_ms": "p99 ms",
     "ratio": "served / in-process",
@@ -150,7 +168,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[shipped["batchSize"]], help="batchSize of each .mar")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients")
-    p.add_argument("--requests", type=int, default=256, help="requests (= reviews) per kind and concurrency")
+    p.add_argument("--requests", type=int, default=256, help="reviews sent per kind and concurrency")
+    p.add_argument("--per-request", type=int, default=1, help="reviews per request (>1: KServe v1 instances)")
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="endpoints")
     p.add_argument("--worker-threads", type=int, default=None, help="torch threads of the worker (0: torch's)")
     bench_inputs.add_common(p)
@@ -165,21 +184,21 @@ def main(argv: list[str] | None = None) -> dict:
     machine = bench_results.machine_info("cpu")  # before any work of ours
     texts, token_lists = bench_inputs.pick_reviews(a.data, a.requests, a.seed, "imdb")
     record = bench_inputs.inputs_record(token_lists, TextSettings.load(a.artifacts), a.seed, "imdb")
-    record["per_request"] = "one review, {'text': ...}"
-    print(f"# served load: {a.requests} IMDB test reviews at the real length mix, one per request")
+    record["per_request"] = a.per_request
+    print(f"# served load: {a.requests} IMDB test reviews at the real length mix, {a.per_request} per request")
     print(f"token lengths: {record['token_lengths']}", flush=True)
-    bodies = [json.dumps({"text": t}).encode() for t in texts]
+    bodies = request_bodies(texts, a.per_request)
     set_worker_threads(a.worker_threads)
     threads = "as shipped" if a.worker_threads is None else a.worker_threads or "torch default"
     inprocess, served = [], []
     for batch_size in a.batch_sizes:
         delay = 0 if batch_size == 1 else a.max_batch_delay
-        inprocess += inprocess_rows(a.artifacts, texts, batch_size, a.kinds)
+        inprocess += inprocess_rows(a.artifacts, bodies, len(texts), batch_size, a.kinds)
         with torchserve(a.artifacts, batch_size, delay, a.worker_threads) as server:
             labels = {"batchSize": batch_size, "maxBatchDelay": delay, "worker_threads": threads}
-            served += served_rows(server, bodies, a.concurrency, a.kinds, labels)
+            served += served_rows(server, bodies, a.per_request, a.concurrency, a.kinds, labels)
     ratio = ratios(served, inprocess)
-    rows = [{**s, "ratio": r["ratio"]} for s, r in zip(served, ratio)]
+    rows = [{**s, "ratio": f"{r['ratio']:.2f}"} for s, r in zip(served, ratio)]
     path = bench_results.write(
         a.out,
         "served",
