@@ -88,7 +88,9 @@ def default_path(benchmark: str, device: str = "cpu") -> Path:
 
 
 def write(path: Path, benchmark: str, command: str, machine: dict, inputs: dict, **sections) -> Path:
-    """Write one run's results; ``sections`` are the benchmark's own (lists of rows, summaries)."""
+    """Write one run's results; ``sections`` are the benchmark's own (lists of rows, summaries).
+    The machine record gains ``uptime_at_end``: with the start's, it brackets the load of the run."""
+    machine = {**machine, "uptime_at_end": uptime()}
     report = {
         "schema": SCHEMA,
         "benchmark": benchmark,

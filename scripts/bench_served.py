@@ -11,10 +11,12 @@ reviews of 7 to 512+ tokens side by side in each batch of the shipped batchSize 
 client does); rates are then reviews/s, and the in-process handler gets the very same bodies.
 
 For each batchSize (maxBatchDelay as model-config.yaml ships it; 0 for batchSize 1) it
-  1. runs the real handler in-process (handler/inprocess.py) on the same reviews, batchSize
-     reviews per call and also one per call, each kind after a warm-up: the in-process reference;
+  1. runs the real handler in-process (handler/inprocess.py) on the same request bodies, batchSize
+     requests per call and also one per call, each kind after a warm-up: the in-process reference;
   2. builds a .mar, starts TorchServe on free loopback ports in a temporary directory, sends every
-     request after a warm-up from each number of concurrent clients, for each kind, and stops it.
+     request after a warm-up from each number of concurrent clients, for each kind, and stops it;
+  3. runs the in-process reference again. On a shared machine the load moves during a run: the
+     ratio is taken against the better of the two in-process passes, so noise cannot flatter it.
 It prints a table, and last a line per kind with served / in-process (same batchSize) at each
 concurrency: the issue's target is >= 0.9 for explanations at 1, 8 and 32.
 Worker threads: as model-config.yaml ships them (torch_threads); ``--worker-threads 0`` is torch's default.
@@ -55,7 +57,9 @@ def request_bodies(texts: list[str], per_request: int) -> list[str]:
     return [json.dumps({"instances": [{"text": t} for t in g]}) for g in groups]
 
 
-def inprocess_rows(artifacts: Path, bodies: list[str], reviews: int, batch_size: int, kinds: list[str]) -> list[dict]:
+def inprocess_rows(
+    artifacts: Path, bodies: list[str], reviews: int, batch_size: int, kinds: list[str], run: str = "before"
+) -> list[dict]:
     """The served path without the server: the real handler answers the same request bodies
     (decode, tokenize, engine, JSON-ready answers), ``batch_size`` requests per call as a full
     frontend batch, and one per call; loading is not timed. The handler sets its own torch
@@ -74,8 +78,16 @@ def inprocess_rows(artifacts: Path, bodies: list[str], reviews: int, batch_size:
             failed = [a for a in answers if "error" in a or "code" in a]
             if len(answers) != len(bodies) or failed:
                 raise RuntimeError(f"in-process handler: {len(answers)} answers to {len(bodies)}, e.g. {failed[:1]}")
-            rows.append({"kind": kind, "batchSize": batch_size, "requests_per_call": per_call, "reviews_per_s": per_s})
-            print(f"  in-process {kind:12s} {per_call:3d} requests/call {per_s:8.1f} reviews/s", flush=True)
+            rows.append(
+                {
+                    "kind": kind,
+                    "batchSize": batch_size,
+                    "requests_per_call": per_call,
+                    "reviews_per_s": per_s,
+                    "run": run,
+                }
+            )
+            print(f"  in-process ({run} the server) {kind:12s} {per_call:3d} requests/call {per_s:8.1f} reviews/s")
     return rows
 
 
@@ -131,10 +143,12 @@ def set_worker_threads(worker_threads: int | None) -> None:
 
 def ratios(served: list[dict], inprocess: list[dict]) -> list[dict]:
     """served / in-process reviews/s, the in-process handler taking full frontend batches of the
-    same batchSize (issue 13's reference), per kind and concurrency."""
-    ref = {
-        (r["kind"], r["batchSize"]): r["reviews_per_s"] for r in inprocess if r["requests_per_call"] == r["batchSize"]
-    }
+    same batchSize (issue 13's reference; the better of its runs), per kind and concurrency."""
+    ref: dict[tuple[str, int], float] = {}
+    for r in inprocess:
+        if r["requests_per_call"] == r["batchSize"]:
+            key = (r["kind"], r["batchSize"])
+            ref[key] = max(ref.get(key, 0.0), r["reviews_per_s"])
     return [
         {
             "kind": s["kind"],
@@ -197,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         with torchserve(a.artifacts, batch_size, delay, a.worker_threads) as server:
             labels = {"batchSize": batch_size, "maxBatchDelay": delay, "worker_threads": threads}
             served += served_rows(server, bodies, a.per_request, a.concurrency, a.kinds, labels)
+        inprocess += inprocess_rows(a.artifacts, bodies, len(texts), batch_size, a.kinds, run="after")
     ratio = ratios(served, inprocess)
     rows = [{**s, "ratio": f"{r['ratio']:.2f}"} for s, r in zip(served, ratio)]
     path = bench_results.write(
