@@ -191,5 +191,5 @@ def test_kserve_batches_of_the_workers_are_full() -> None:
 
 
 def test_a_worker_process_explains_its_share(model_dir: Path) -> None:
-    row = bench_workers.run_workers(model_dir, ["a fine film", "it was a horrible movie"], 1, None, shape=(2, 3, 1))
-    assert row["workers"] == 1 and row["reviews"] == 6 and row["per_s"] > 0 and row["gpu_id"] is None
+    row = bench_workers.run_workers(model_dir, ["a fine film", "it was a horrible movie"], 1, None, shape=(2, 3, 2))
+    assert row["workers"] == 1 and row["reviews"] == 12 and row["per_s"] > 0 and row["gpu_id"] is None
