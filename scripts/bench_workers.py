@@ -13,9 +13,11 @@ what N workers could give at most. Aggregate explanations/s = all reviews / the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,25 +47,38 @@ def kserve_batch(texts: list[str], requests: int, per_request: int) -> list[dict
 
 def explain_worker(artifacts: str, texts: list[str], gpu_id: int | None, shape: tuple, barrier, results) -> None:
     """One worker process: load, warm up, wait for the others, time ``calls`` explained batches of
-    ``requests`` x ``per_request`` reviews (``shape``)."""
+    ``requests`` x ``per_request`` reviews (``shape``). Puts its time, or its error as a string on
+    the queue, so that the parent never waits out a timeout for a worker that failed."""
+    try:
+        handler, context, body = _load_worker(artifacts, texts, gpu_id, shape)
+    except Exception as e:  # noqa: BLE001  (any failure must reach the parent)
+        barrier.abort()
+        results.put(f"worker failed to start: {e!r}")
+        return
+    barrier.wait(timeout=600)
+    t0 = time.perf_counter()
+    for _ in range(shape[2]):
+        out = handler.handle(body, context)
+    elapsed = time.perf_counter() - t0
+    explained = all(len(o.get("explanations", ())) == shape[1] for o in out) and all(
+        "attributions" in e for o in out for e in o["explanations"]
+    )
+    results.put(elapsed if explained else f"a worker's answer lacks explanations: {str(out[0])[:300]}")
+
+
+def _load_worker(artifacts: str, texts: list[str], gpu_id: int | None, shape: tuple):
+    """(handler, context, rows) loaded and warmed up, the header explain="True" on every row."""
     from ts.context import RequestProcessor
 
     from handler.inprocess import local_handler
 
-    requests, per_request, calls = shape
+    requests, per_request, _ = shape
     handler, context = local_handler(Path(artifacts), batch_size=requests, gpu_id=gpu_id)
     body = kserve_batch(texts, requests, per_request)
     context.request_processor = [RequestProcessor({"explain": "True"}) for _ in body]
     context.request_ids = {i: str(i) for i in range(len(body))}
     handler.handle(body, context)  # warm-up
-    barrier.wait(timeout=600)
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        out = handler.handle(body, context)
-    elapsed = time.perf_counter() - t0
-    if not all(len(o.get("explanations", ())) == per_request for o in out):
-        raise RuntimeError(f"a worker's answer lacks explanations: {str(out[0])[:300]}")
-    results.put(elapsed)
+    return handler, context, body
 
 
 def run_workers(
@@ -82,11 +97,15 @@ def run_workers(
     for p in procs:
         p.start()
     try:
-        barrier.wait(timeout=600)  # every worker loaded and warmed up
+        with contextlib.suppress(threading.BrokenBarrierError):  # a worker that failed to load broke it
+            barrier.wait(timeout=600)  # every worker loaded and warmed up
         elapsed = [results.get(timeout=600) for _ in procs]
     finally:
         for p in procs:
             p.join(timeout=60)
+    failures = [e for e in elapsed if isinstance(e, str)]
+    if failures:
+        raise RuntimeError(failures[0])
     reviews = n * shape[0] * shape[1] * shape[2]
     return {"workers": n, "reviews": reviews, "per_s": reviews / max(elapsed), "gpu_id": gpu_id}
 

@@ -193,3 +193,13 @@ def test_kserve_batches_of_the_workers_are_full() -> None:
 def test_a_worker_process_explains_its_share(model_dir: Path) -> None:
     row = bench_workers.run_workers(model_dir, ["a fine film", "it was a horrible movie"], 1, None, shape=(2, 3, 2))
     assert row["workers"] == 1 and row["reviews"] == 12 and row["per_s"] > 0 and row["gpu_id"] is None
+
+
+def test_a_worker_whose_answers_are_errors_fails_the_run(model_dir: Path) -> None:
+    with pytest.raises(RuntimeError, match="lacks explanations"):
+        bench_workers.run_workers(model_dir, ["   "], 1, None, shape=(1, 2, 1))  # empty reviews: 400s inline
+
+
+def test_a_worker_that_cannot_load_fails_the_run_at_once(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="worker failed to start"):
+        bench_workers.run_workers(tmp_path, ["a fine film"], 1, None, shape=(1, 1, 1))  # no model there

@@ -63,6 +63,15 @@ def test_the_handler_check_measures_differences_and_refuses_discrete_ones() -> N
         gpu_check_handler.worst_difference([{**cpu[0], "engine": "captum"}], cpu[:1])
 
 
+def test_the_handler_check_fails_beyond_its_tolerance(model_dir: Path, monkeypatch) -> None:
+    sides = iter([("cpu", [answer("pos", 2.0 + 1e-4)]), ("cpu", [answer("pos", 2.0)])] * 2)
+    monkeypatch.setattr(gpu_check_handler, "answers", lambda *args: next(sides))
+    assert gpu_check_handler.check(model_dir, ["x"], "cpu", 1e-4) == pytest.approx(5e-5)
+    sides = iter([("cpu", [answer("pos", 2.0 + 1e-4)]), ("cpu", [answer("pos", 2.0)])] * 2)
+    with pytest.raises(AssertionError, match="differ from CPU by 5.00e-05 > 1e-05"):
+        gpu_check_handler.check(model_dir, ["x"], "cpu", 1e-5)
+
+
 def test_the_handler_check_says_when_there_is_no_gpu(model_dir: Path, reviews_tsv: Path) -> None:
     import torch
 
