@@ -161,24 +161,37 @@ def test_requests_carry_one_review_or_kserve_batches_of_them() -> None:
     assert batches == [[{"text": t} for t in texts[i : i + 2]] for i in (0, 2, 4)]
 
 
-def test_served_rates_are_divided_by_the_in_process_handler_at_the_same_batch_size() -> None:
-    inprocess = [
-        {"kind": "explanations", "batchSize": 8, "requests_per_call": 1, "reviews_per_s": 50.0},
-        {"kind": "explanations", "batchSize": 8, "requests_per_call": 8, "reviews_per_s": 200.0},
-    ]
-    served = [
-        {"kind": "explanations", "batchSize": 8, "concurrency": c, "reviews_per_s": r} for c, r in ((1, 40), (8, 180))
-    ]
-    assert [r["ratio"] for r in bench_served.ratios(served, inprocess)] == [0.2, 0.9]
+class FakeServer:
+    inference = "http://127.0.0.1:1"
+
+    def keys(self) -> dict:
+        return {"inference": "k"}
+
+
+def test_each_served_figure_is_divided_by_the_in_process_handler_measured_beside_it(
+    model_dir: Path, monkeypatch
+) -> None:
+    sent = []
+
+    def drive(url: str, key: str, bodies: list[bytes], concurrency: int) -> dict:
+        sent.append((url, key, len(bodies), concurrency))
+        return {"requests": len(bodies), "errors": 0, "per_s": 10.0, "p50_ms": 1.0, "p99_ms": 2.0}
+
+    monkeypatch.setattr(bench_served.bench_load, "drive", drive)
+    bodies = bench_served.request_bodies(["a fine film", "dull .", "it was a horrible movie", "great"], 2)
+    inprocess = bench_served.InProcess(model_dir, bodies, 4)
+    labels = {"batchSize": 2, "maxBatchDelay": 10, "worker_threads": "as shipped"}
+    row = bench_served.measure(FakeServer(), inprocess, 2, "explanations", 8, labels)
+    assert sent == [("http://127.0.0.1:1/explanations/imdb_sentiment", "k", 2, 8)]
+    assert row["reviews_per_s"] == 20.0 and row["concurrency"] == 8 and row["batchSize"] == 2
+    assert row["ratio"] == 20.0 / row["inprocess_reviews_per_s"] and row["inprocess_reviews_per_s"] > 0
 
 
 def test_the_in_process_reference_answers_every_request(model_dir: Path) -> None:
     bodies = bench_served.request_bodies(["a fine film", "dull .", "it was a horrible movie"], 2)
-    rows = bench_served.inprocess_rows(model_dir, bodies, 3, 2, ["explanations"])
-    assert [(r["requests_per_call"], r["kind"]) for r in rows] == [(1, "explanations"), (2, "explanations")]
-    assert all(r["reviews_per_s"] > 0 for r in rows)
+    assert bench_served.InProcess(model_dir, bodies, 3).rate("explanations", 2) > 0
     with pytest.raises(RuntimeError, match="2 answers to 2"):
-        bench_served.inprocess_rows(model_dir, ['{"no_text": 1}', '{"text": "ok"}'], 2, 1, ["predictions"])
+        bench_served.InProcess(model_dir, ['{"no_text": 1}', '{"text": "ok"}'], 2).rate("predictions", 1)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -203,3 +216,17 @@ def test_a_worker_whose_answers_are_errors_fails_the_run(model_dir: Path) -> Non
 def test_a_worker_that_cannot_load_fails_the_run_at_once(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="worker failed to start"):
         bench_workers.run_workers(tmp_path, ["a fine film"], 1, None, shape=(1, 1, 1))  # no model there
+
+
+@pytest.mark.integration
+def test_the_served_case_drives_a_real_torchserve_and_divides_by_the_handler(reviews_tsv: Path, tmp_path: Path) -> None:
+    """bench_served end to end on the shipped model: a .mar, TorchServe on free ports, 8 requests
+    at concurrency 1 and 2, each beside an in-process reference, and the server stopped."""
+    out = tmp_path / "served.json"
+    argv = ["--requests", "8", "--concurrency", "1", "2", "--kinds", "explanations", "--data", str(reviews_tsv)]
+    report = bench_served.main([*argv, "--out", str(out)])
+    assert report["benchmark"] == "served" and report["inputs"]["token_lengths"]["n"] == 8
+    assert [(r["concurrency"], r["requests"], r["errors"]) for r in report["served"]] == [(1, 8, 0), (2, 8, 0)]
+    assert [r["kind"] for r in report["handler_one_request_per_call"]] == ["explanations"]
+    for r in report["served"]:
+        assert r["ratio"] == r["reviews_per_s"] / r["inprocess_reviews_per_s"]
