@@ -179,10 +179,13 @@ def test_each_served_figure_is_divided_by_the_in_process_handler_measured_beside
 
     monkeypatch.setattr(bench_served.bench_load, "drive", drive)
     bodies = bench_served.request_bodies(["a fine film", "dull .", "it was a horrible movie", "great"], 2)
-    inprocess = bench_served.InProcess(model_dir, bodies, 4)
+    inprocess, asked = bench_served.InProcess(model_dir, bodies, 4), []
+    rate = inprocess.rate
+    inprocess.rate = lambda kind, per_call: asked.append((kind, per_call)) or rate(kind, per_call)
     labels = {"batchSize": 2, "maxBatchDelay": 10, "worker_threads": "as shipped"}
     row = bench_served.measure(FakeServer(), inprocess, 2, "explanations", 8, labels)
     assert sent == [("http://127.0.0.1:1/explanations/imdb_sentiment", "k", 2, 8)]
+    assert asked == [("explanations", 2)]  # full frontend batches of the same batchSize
     assert row["reviews_per_s"] == 20.0 and row["concurrency"] == 8 and row["batchSize"] == 2
     assert row["ratio"] == 20.0 / row["inprocess_reviews_per_s"] and row["inprocess_reviews_per_s"] > 0
 
