@@ -168,26 +168,27 @@ class FakeServer:
         return {"inference": "k"}
 
 
-def test_each_served_figure_is_divided_by_the_in_process_handler_measured_beside_it(
-    model_dir: Path, monkeypatch
-) -> None:
-    sent = []
+def test_each_served_figure_is_divided_by_the_in_process_handler_measured_beside_it(monkeypatch) -> None:
+    events, served_rates = [], iter([10.0, 30.0, 20.0])
 
     def drive(url: str, key: str, bodies: list[bytes], concurrency: int) -> dict:
-        sent.append((url, key, len(bodies), concurrency))
-        return {"requests": len(bodies), "errors": 0, "per_s": 10.0, "p50_ms": 1.0, "p99_ms": 2.0}
+        events.append(("served", url, key, len(bodies), concurrency))
+        return {"requests": len(bodies), "errors": 1, "per_s": next(served_rates), "p50_ms": 1.0, "p99_ms": 2.0}
+
+    class Reference:
+        bodies = bench_served.request_bodies(["a fine film", "dull .", "it was a horrible movie", "great"], 2)
+
+        def rate(self, kind: str, requests_per_call: int) -> float:
+            events.append(("in-process", kind, requests_per_call))
+            return 100.0
 
     monkeypatch.setattr(bench_served.bench_load, "drive", drive)
-    bodies = bench_served.request_bodies(["a fine film", "dull .", "it was a horrible movie", "great"], 2)
-    inprocess, asked = bench_served.InProcess(model_dir, bodies, 4), []
-    rate = inprocess.rate
-    inprocess.rate = lambda kind, per_call: asked.append((kind, per_call)) or rate(kind, per_call)
-    labels = {"batchSize": 2, "maxBatchDelay": 10, "worker_threads": "as shipped"}
-    row = bench_served.measure(FakeServer(), inprocess, 2, "explanations", 8, labels)
-    assert sent == [("http://127.0.0.1:1/explanations/imdb_sentiment", "k", 2, 8)]
-    assert asked == [("explanations", 2)]  # full frontend batches of the same batchSize
-    assert row["reviews_per_s"] == 20.0 and row["concurrency"] == 8 and row["batchSize"] == 2
-    assert row["ratio"] == 20.0 / row["inprocess_reviews_per_s"] and row["inprocess_reviews_per_s"] > 0
+    labels = {"batchSize": 4, "maxBatchDelay": 10, "worker_threads": "as shipped"}
+    row = bench_served.measure(FakeServer(), Reference(), 2, "explanations", 8, labels, repeat=3)
+    pair = [("in-process", "explanations", 4), ("served", "http://127.0.0.1:1/explanations/imdb_sentiment", "k", 2, 8)]
+    assert events == pair * 3  # back to back, the reference on full batches of the server's batchSize
+    assert row["ratio_runs"] == [0.2, 0.6, 0.4] and row["ratio"] == 0.4  # the median pair, 2 reviews a request
+    assert row["reviews_per_s"] == 40.0 and row["inprocess_reviews_per_s"] == 100.0 and row["errors"] == 3
 
 
 def test_the_in_process_reference_answers_every_request(model_dir: Path) -> None:
