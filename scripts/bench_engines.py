@@ -40,7 +40,7 @@ import yaml
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import bench_inputs  # noqa: E402
-import bench_results  # noqa: E402
+import bench_record  # noqa: E402
 
 from handler.attribution import Attribution, IGSettings, layer_ig  # noqa: E402
 from handler.model import load_model  # noqa: E402
@@ -274,7 +274,7 @@ def print_report(results: list[CaseResult], agreement: dict, summary: dict, a: a
         }
         for r in results
     ]
-    print("\n" + bench_results.markdown(rows, COLUMNS) + "\n")
+    print("\n" + bench_record.markdown(rows, COLUMNS) + "\n")
     if a.tutorial_n < a.n:
         print(f"The tutorial way was timed on the first {a.tutorial_n} of the {a.n} reviews (one review per call).")
     per = agreement["per_review_vs_captum_batched"]
@@ -320,7 +320,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     served = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]["explain"]
     a.chunk_elements = served["gpu_chunk_elements" if cuda else "chunk_elements"]
     a.repeat = 3 if cuda else 1
-    a.out = a.out or bench_results.default_path("engines", a.device)
+    a.out = a.out or bench_record.default_path("engines", a.device)
     return a
 
 
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         # Explanations must match Captum in float32: TF32 moved attributions by ~3e-3 (handler note).
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    machine = bench_results.machine_info(a.device)  # before any work of ours
+    machine = bench_record.machine_info(a.device)  # before any work of ours
     model = load_model(a.artifacts, a.device)
     text = TextSettings.load(a.artifacts)
     _, token_lists = bench_inputs.pick_reviews(a.data, a.n, a.seed, a.lengths)
@@ -352,10 +352,10 @@ def main(argv: list[str] | None = None) -> dict:
         "definition": "max over reviews of max|a_fast - a_captum| / max|a_captum|",
         "per_review_vs_captum_batched": arbitrate(model, inputs, head, batched, a.steps),
     }
-    path = bench_results.write(
+    path = bench_record.write(
         a.out,
         "engines",
-        bench_results.command_line(argv, __file__),
+        bench_record.command_line(argv, __file__),
         machine,
         record,
         in_process=[r.row() for r in results],
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"\nJSON: {path}")
     print_report(results, agreement, summary, a)
-    return bench_results.load(path)
+    return bench_record.load(path)
 
 
 if __name__ == "__main__":

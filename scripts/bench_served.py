@@ -41,7 +41,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 import bench_inputs  # noqa: E402
 import bench_load  # noqa: E402
-import bench_results  # noqa: E402
+import bench_record  # noqa: E402
 
 from handler.text import TextSettings  # noqa: E402
 
@@ -62,10 +62,11 @@ class InProcess:
     """The served path without the server: the real handler (handler/inprocess.py) answers the
     same request bodies (decode, tokenize, engine, JSON-ready answers), ``requests_per_call``
     bodies per call as one full frontend batch. Loading and one warm-up per kind are not timed.
-    The handler sets its own torch threads from model-config.yaml, as in the served worker."""
+    The handler sets its own torch threads from model-config.yaml, as in the served worker;
+    ``threads`` (the served worker's --worker-threads, 0: torch's default) replaces them."""
 
-    def __init__(self, artifacts: Path, bodies: list[str], reviews: int):
-        self.artifacts, self.bodies, self.reviews = artifacts, bodies, reviews
+    def __init__(self, artifacts: Path, bodies: list[str], reviews: int, threads: int | None = None):
+        self.artifacts, self.bodies, self.reviews, self.threads = artifacts, bodies, reviews, threads
         self._handlers: dict[int, tuple] = {}
         self._warm: set[tuple[int, bool]] = set()
 
@@ -75,6 +76,10 @@ class InProcess:
 
         if requests_per_call not in self._handlers:
             self._handlers[requests_per_call] = local_handler(self.artifacts, batch_size=requests_per_call)
+            if self.threads is not None:
+                import torch
+
+                torch.set_num_threads(self.threads or os.cpu_count() or 1)
         handler, context = self._handlers[requests_per_call]
         explain = kind == "explanations"
         if (requests_per_call, explain) not in self._warm:
@@ -180,13 +185,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bench_inputs.add_common(p)
     a = p.parse_args(argv)
     a.max_batch_delay = shipped["maxBatchDelay"]
-    a.out = a.out or bench_results.default_path("served")
+    a.out = a.out or bench_record.default_path("served")
     return a
 
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
-    machine = bench_results.machine_info("cpu")  # before any work of ours
+    machine = bench_record.machine_info("cpu")  # before any work of ours
     texts, token_lists = bench_inputs.pick_reviews(a.data, a.requests, a.seed, "imdb")
     record = bench_inputs.inputs_record(token_lists, TextSettings.load(a.artifacts), a.seed, "imdb")
     record["per_request"] = a.per_request
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     bodies = request_bodies(texts, a.per_request)
     set_worker_threads(a.worker_threads)
     threads = "as shipped" if a.worker_threads is None else a.worker_threads or "torch default"
-    inprocess, served = InProcess(a.artifacts, bodies, len(texts)), []
+    inprocess, served = InProcess(a.artifacts, bodies, len(texts), a.worker_threads), []
     for batch_size in a.batch_sizes:
         delay = 0 if batch_size == 1 else a.max_batch_delay
         labels = {"batchSize": batch_size, "maxBatchDelay": delay, "worker_threads": threads}
@@ -204,17 +209,17 @@ def main(argv: list[str] | None = None) -> dict:
                 served.append(measure(server, inprocess, a.per_request, kind, c, labels, a.repeat))
     # What a lone request costs the handler (the c=1 case's own ceiling, maxBatchDelay aside).
     single = [{"kind": k, "requests_per_call": 1, "reviews_per_s": inprocess.rate(k, 1)} for k in a.kinds]
-    path = bench_results.write(
+    path = bench_record.write(
         a.out,
         "served",
-        bench_results.command_line(argv, __file__),
+        bench_record.command_line(argv, __file__),
         machine,
         record,
         served=served,
         handler_one_request_per_call=single,
     )
     rows = [{**r, "ratio": f"{r['ratio']:.2f}"} for r in served]
-    print("\n" + bench_results.markdown(rows, SERVED_COLUMNS) + "\n")
+    print("\n" + bench_record.markdown(rows, SERVED_COLUMNS) + "\n")
     print("in-process, one request per call: " + ", ".join(f"{r['kind']} {r['reviews_per_s']:.1f}/s" for r in single))
     print(f"JSON: {path}")
     for kind in a.kinds:
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"c={r['concurrency']}:{r['ratio']:.2f}" for r in served if (r["kind"], r["batchSize"]) == (kind, bs)
             ]
             print(f"served_vs_inprocess {kind} batchSize={bs} {' '.join(cells)}")
-    return bench_results.load(path)
+    return bench_record.load(path)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import bench_inputs  # noqa: E402
-import bench_results  # noqa: E402
+import bench_record  # noqa: E402
 
 from handler.text import TextSettings  # noqa: E402
 
@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lengths", choices=("imdb", "256"), default="256")
     bench_inputs.add_common(p)
     a = p.parse_args(argv)
-    a.out = a.out or bench_results.default_path("workers", a.device)
+    a.out = a.out or bench_record.default_path("workers", a.device)
     return a
 
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     gpu_id = (torch.device(a.device).index or 0) if a.device.startswith("cuda") else None
-    machine = bench_results.machine_info(a.device)
+    machine = bench_record.machine_info(a.device)
     texts, token_lists = bench_inputs.pick_reviews(a.data, a.n, a.seed, a.lengths)
     record = bench_inputs.inputs_record(token_lists, TextSettings.load(a.artifacts), a.seed, a.lengths)
     record["per_call"] = f"{REQUESTS} KServe v1 requests x {PER_REQUEST} reviews, {CALLS} timed calls per process"
@@ -138,11 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"  {n:2d} in-process handler workers on {a.device}: {rows[-1]['per_s']:10,.0f} explanations/s", flush=True
         )
-    path = bench_results.write(
-        a.out, "workers", bench_results.command_line(argv, __file__), machine, record, handler_workers=rows
+    path = bench_record.write(
+        a.out, "workers", bench_record.command_line(argv, __file__), machine, record, handler_workers=rows
     )
     print(f"JSON: {path}")
-    return bench_results.load(path)
+    return bench_record.load(path)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
-OURS = {"handler", "bench_engines", "bench_workers", "bench_inputs", "bench_results", "imdb_data", "gpu_check_handler"}
+OURS = {"handler", "bench_engines", "bench_workers", "bench_inputs", "bench_record", "imdb_data", "gpu_check_handler"}
 # What the lent GPU image has already (the device tool's KINDS.md, read 2026-11-17), torch's own
 # requirements included: carrying them would pass 64 MiB.
 ON_DEVICE = {

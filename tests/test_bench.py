@@ -15,7 +15,7 @@ from helpers import REPO, WORDS, tiny_artifacts
 import bench_engines  # after helpers, which puts scripts/ on sys.path
 import bench_inputs
 import bench_load
-import bench_results
+import bench_record
 import bench_served
 import bench_workers
 
@@ -42,12 +42,12 @@ def reviews_tsv(tmp_path_factory) -> Path:
 
 
 def test_written_results_say_what_ran_where_and_load_back(tmp_path: Path) -> None:
-    command = bench_results.command_line(["--n", "8", "--out", "a b.json"], str(REPO / "scripts" / "bench_x.py"))
+    command = bench_record.command_line(["--n", "8", "--out", "a b.json"], str(REPO / "scripts" / "bench_x.py"))
     assert command == "python scripts/bench_x.py --n 8 --out 'a b.json'"
-    machine = bench_results.machine_info("cpu")
-    path = bench_results.write(tmp_path / "r.json", "engines", command, machine, {"seed": 0}, in_process=[{"a": 1}])
-    report = bench_results.load(path)
-    assert report["schema"] == bench_results.SCHEMA and report["benchmark"] == "engines"
+    machine = bench_record.machine_info("cpu")
+    path = bench_record.write(tmp_path / "r.json", "engines", command, machine, {"seed": 0}, in_process=[{"a": 1}])
+    report = bench_record.load(path)
+    assert report["schema"] == bench_record.SCHEMA and report["benchmark"] == "engines"
     assert report["argv"] == ["python", "scripts/bench_x.py", "--n", "8", "--out", "a b.json"]
     assert "load average" in report["machine"]["uptime_at_start"]
     assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["device"] == "cpu"
@@ -58,7 +58,7 @@ def test_written_results_say_what_ran_where_and_load_back(tmp_path: Path) -> Non
 def test_the_results_in_docs_stay_readable(path: Path) -> None:
     """Schema 1 (scripts/bench.py of issue 5) and schema 2 files: each names a benchmark whose
     section it holds."""
-    report = bench_results.load(path)
+    report = bench_record.load(path)
     sections = {
         1: {"engines": "in_process", "served": "serve", "workers": "handler_workers"},
         2: {"engines": "in_process", "served": "served", "workers": "handler_workers"},
@@ -72,11 +72,11 @@ def test_the_results_in_docs_stay_readable(path: Path) -> None:
 def test_a_file_that_is_not_a_result_is_refused(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps({"machine": {}}))
     with pytest.raises(ValueError, match="lacks command, inputs"):
-        bench_results.load(tmp_path / "x.json")
+        bench_record.load(tmp_path / "x.json")
 
 
 def test_markdown_tables_have_a_row_per_result_and_format_numbers() -> None:
-    table = bench_results.markdown([{"a": 1234.56, "b": "x"}, {"a": 0.000123}], {"a": "rate", "b": "name"})
+    table = bench_record.markdown([{"a": 1234.56, "b": "x"}, {"a": 0.000123}], {"a": "rate", "b": "name"})
     assert table.splitlines() == ["| rate | name |", "|---|---|", "| 1,234.6 | x |", "| 0.000123 |  |"]
 
 

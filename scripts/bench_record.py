@@ -1,4 +1,5 @@
-"""The benchmarks' shared results writer: one JSON file per run, saying what ran where.
+"""The benchmarks' shared results writer: one JSON file per run, saying what ran where. (Not named
+bench_results: that is the folder the files go to, which tools such as ruff would take for the module.)
 
 Every file holds ``schema``, ``benchmark``, the exact ``command`` (and its ``argv``), ``machine``
 (CPU, cores, torch, threads, load average and ``uptime`` at the start, git commit, GPU and TF32 on
