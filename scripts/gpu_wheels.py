@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -50,10 +51,15 @@ def imported_distributions(modules: tuple[str, ...] = DEVICE_MODULES) -> set[str
     return {d for t in tops for d in by_top.get(t, [])}
 
 
+def normalized(name: str) -> str:
+    """A distribution name as PEP 503 compares them: typing_extensions is typing-extensions."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def pins(dists: set[str], skip: set[str]) -> list[str]:
     """``dist==version`` of this venv for each distribution the device lacks."""
-    skip = {s.lower() for s in skip}
-    keep = [d for d in dists if d.lower() not in skip and not d.lower().startswith("nvidia")]
+    skip = {normalized(s) for s in skip}
+    keep = [d for d in dists if normalized(d) not in skip and not normalized(d).startswith("nvidia")]
     return [f"{d}=={md.version(d)}" for d in sorted(keep, key=str.lower)]
 
 

@@ -112,7 +112,8 @@ def test_slimming_drops_the_prefixes_and_their_record_lines_and_recompresses(tmp
 def test_pins_keep_this_venvs_versions_of_what_the_device_lacks() -> None:
     import importlib.metadata as md
 
-    pins = gpu_wheels.pins({"captum", "torch", "nvidia-cublas-cu12", "PyYAML", "spacy"}, gpu_wheels.ON_DEVICE)
+    dists = {"captum", "torch", "nvidia-cublas-cu12", "PyYAML", "typing_extensions", "spacy"}
+    pins = gpu_wheels.pins(dists, gpu_wheels.ON_DEVICE)
     assert pins == [f"captum=={md.version('captum')}", f"spacy=={md.version('spacy')}"]
 
 
