@@ -1,4 +1,4 @@
-# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar [VERSION=2.0] | make bench [QUICK=1]
+# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar [VERSION=2.0] | make bench [QUICK=1] | make bench-served
 #        make soak | make chaos (slow reliability runs, docs/reliability.md) | make image | make image-test (slow: docs/deploy.md)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -9,7 +9,7 @@ ARTIFACTS ?= model_store/artifacts
 VERSION ?= 1.0
 MAR := model_store/imdb_sentiment$(if $(filter-out 1.0,$(VERSION)),-$(VERSION),).mar
 
-.PHONY: install mar serve stop status test lint train evaluate bench soak chaos clean image image-test
+.PHONY: install mar serve stop status test lint train evaluate bench bench-served soak chaos clean image image-test
 
 install: $(VENV)/.installed
 
@@ -46,8 +46,15 @@ train: install
 evaluate: install
 	$(PY) scripts/evaluate.py --artifacts $(ARTIFACTS)
 
+# bench: the engine comparison (QUICK=1: 64 reviews, about 1 min), then the served load test.
 bench: install
-	$(PY) scripts/bench.py $(if $(QUICK),--quick,)
+	$(PY) scripts/bench_engines.py $(if $(QUICK),--quick,)
+	$(if $(QUICK),,$(PY) scripts/bench_served.py)
+
+# bench-served: issue 13's served mixed-length case alone (TorchServe vs the handler in-process,
+# batchSize 8, one IMDB review per request at the real length mix, concurrency 1, 8 and 32).
+bench-served: install
+	$(PY) scripts/bench_served.py
 
 soak: mar
 	$(PY) scripts/soak.py soak

@@ -419,12 +419,12 @@ def test_torchserves_own_kservev2_envelope_still_works(kservev2_envelope: Client
 
 
 def test_the_benchmark_load_generator_reads_every_answer_and_counts_the_failures(ts: Client) -> None:
-    """scripts/bench.py's raw keep-alive HTTP client: 20 requests over 4 connections, 3 of them bad."""
-    import bench
+    """scripts/bench_load.py's raw keep-alive HTTP client: 20 requests over 4 connections, 3 of them bad."""
+    import bench_load
 
     good, bad = json.dumps({"text": "A fine film."}).encode(), b'{"no_text": 1}'
     for kind in ("predictions", "explanations"):
-        res = bench.drive(
+        res = bench_load.drive(
             f"{ts.server.inference}/{kind}/{MODEL}",
             ts.auth["Authorization"].split()[1],
             [good] * 17 + [bad] * 3,
