@@ -40,6 +40,8 @@ LOG_CONFIG = REPO / "log4j2.xml"
 FAILURE = re.compile(
     r"Failed to (?:register|load) model|ModelException|InvalidModelException|DownloadArchiveException"
     r"|ZipException|Load model failed|Backend worker process died|sha256 mismatch"
+    # A worker whose initialize raised (e.g. the handler's checksum check) is retried forever.
+    r"|Worker disconnected\. WORKER_ERROR|Auto recovery failed"
 )
 
 
@@ -232,8 +234,11 @@ def failure(server: Server) -> str | None:
     if not hits:
         return None
     worker = [line for line in _lines(server.workdir / "logs" / "model_log.log") if "MODEL_LOG" in line]
+    # TorchServe's worker logs the handler's exception in one line before the traceback.
+    first = next((line.split("MODEL_LOG - ", 1)[-1] for line in worker if "Failed to load model" in line), None)
     cause = "\n".join(lines[hits[0] : hits[0] + 12])
-    return f"ts_log.log:\n{cause}" + ("\nmodel_log.log:\n" + "\n".join(worker[-15:]) if worker else "")
+    summary = f"cause: {first}\n" if first else ""
+    return f"{summary}ts_log.log:\n{cause}" + ("\nmodel_log.log:\n" + "\n".join(worker[-15:]) if worker else "")
 
 
 def _lines(log: Path) -> list[str]:
