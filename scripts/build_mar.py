@@ -20,7 +20,6 @@ entry module ``sentiment_handler.py``) beside the artifacts.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from handler.checksums import sha256
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACT_FILES = ("weights.safetensors", "model_config.json", "vocab.json", "metrics.json")
@@ -41,16 +42,8 @@ def archive_path(export_path: Path, name: str = "imdb_sentiment", version: str =
     return Path(export_path) / (f"{name}.mar" if version == DEFAULT_VERSION else f"{name}-{version}.mar")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_checksums(artifacts: Path, dest: Path) -> Path:
-    """checksums.json: {file name: sha256 hex} of the files the handler loads (contract 3)."""
+    """checksums.json: {file name: sha256 hex} of the files the handler loads; it verifies them."""
     files = ("weights.safetensors", "vocab.json", "model_config.json")
     dest.write_text(json.dumps({f: sha256(artifacts / f) for f in files}, indent=1) + "\n")
     return dest
