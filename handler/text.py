@@ -66,7 +66,7 @@ def spacy_tokenizer():
 
 def clean(text: str, lowercase: bool = True) -> str:
     """The text spaCy is given: HTML breaks dropped, lone surrogates repaired, costly runs bounded
-(``handler.long_runs``: linear time, spaCy's own tokens for every IMDB test review).
+    (``handler.long_runs``: linear time, spaCy's own tokens for every IMDB review).
 
     A lone UTF-16 surrogate (JSON allows ``"\\ud800"``) cannot be encoded as UTF-8, and spaCy
     raises ``UnicodeEncodeError`` on it: surrogate pairs are joined, lone ones become U+FFFD, so
