@@ -6,9 +6,12 @@ costs O(k * length): 10,000 ``!`` took 10 s, 30,000 took 72 s. ``bound_runs`` re
 runs that could shed more than ``MAX_STRIPS`` affixes or are longer than ``MAX_RUN``, so spaCy's
 work is at most O(MAX_STRIPS) per character; every other run reaches spaCy unchanged.
 
+Most runs hold at most ``MAX_STRIPS`` symbols and are never looked at (one regex pass). In the others:
+
 - A character that spaCy splits off one at a time (``!``, ``*``, ``_``, emoji: ``splits_off``),
-  repeated ``SPREAD_FROM`` times or more, is spread out with spaces: spaCy then sees each copy
-  alone (one cached lookup each) and gives the same single-character tokens it gave before.
+  repeated ``SPREAD_FROM`` times or more at the run's start or end, is spread out with spaces:
+  spaCy then sees each copy alone (one cached lookup each) and gives the same single-character
+  tokens it gave before.
 - A run still longer than ``MAX_RUN``, or still shedding more than ``MAX_STRIPS`` affixes, is cut
   into its alphanumeric stretches (at most ``MAX_RUN`` long), its runs of a character spaCy keeps
   together (``....``, ``----``), and single other characters. No IMDB review has such a run.
@@ -29,8 +32,9 @@ SPREAD_FROM = 4  # copies of a split-off character from which they are spread ou
 ATTACHED = 3  # copies left on the word: special cases (emoticons) are short
 
 _SYMBOL = r"(?:[^\w\s]|_)"  # neither alphanumeric nor whitespace
-# Runs worth a look: longer than MAX_RUN, or holding a symbol (no symbol: nothing to strip).
-_CANDIDATE = re.compile(rf"(?<!\S)(?:\S{{{MAX_RUN + 1},}}|\S*?{_SYMBOL}\S*)")
+# Runs worth a look: longer than MAX_RUN, or holding more than MAX_STRIPS symbols (with fewer,
+# spaCy cannot strip more affixes than that). Most words are neither: no Python call for them.
+_CANDIDATE = re.compile(rf"(?<!\S)(?:\S{{{MAX_RUN + 1},}}|(?=(?:[^\W_]*{_SYMBOL}){{{MAX_STRIPS + 1}}})\S+)")
 _SYMBOLS = re.compile(rf"{_SYMBOL}*")
 _SAME_SYMBOLS = re.compile(rf"({_SYMBOL})\1*")  # a maximal stretch of one repeated symbol
 _PIECE = re.compile(rf"[^\W_]{{1,{MAX_RUN}}}|({_SYMBOL})\1*|\S")
