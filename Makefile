@@ -1,11 +1,11 @@
-# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar | make bench [QUICK=1]
+# usage: make serve | make test | make lint | make stop | make train | make evaluate | make calibrate | make mar | make bench [QUICK=1]
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARTIFACTS ?= model_store/artifacts
 MAR := model_store/imdb_sentiment.mar
 
-.PHONY: install mar serve stop status test lint train evaluate bench clean
+.PHONY: install mar serve stop status test lint train evaluate calibrate bench clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,9 @@ train: install
 
 evaluate: install
 	$(PY) scripts/evaluate.py --artifacts $(ARTIFACTS)
+
+calibrate: install
+	$(PY) scripts/calibrate.py --artifacts $(ARTIFACTS)
 
 bench: install
 	$(PY) scripts/bench.py $(if $(QUICK),--quick,)
