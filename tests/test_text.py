@@ -211,7 +211,7 @@ def test_long_runs_are_cut_into_words_symbols_and_stretches_spacy_keeps_whole():
     [
         "wow!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
         "*" * 30 + "spoilers" + "*" * 30,
-        ":" + ")" * 20 + " so sad:" + "(" * 20,  # :( keeps its context (ATTACHED)
+        "so sad:" + "(" * 20 + " happy:" + ")" * 20,  # :( keeps its context (ATTACHED)
         "f*****g b*****ds",
         "spoiler" + "=" * 40 + " a" + "+" * 12 + " 1" + "-" * 30,
         '(((((((((((very))))))))))) """""quoted""""" ',
