@@ -1,5 +1,6 @@
-# usage: make serve | make test | make lint | make stop | make train | make evaluate | make mar [VERSION=2.0] | make bench [QUICK=1] | make bench-served
-#        make soak | make chaos (slow reliability runs, docs/reliability.md) | make image | make image-test (slow: docs/deploy.md)
+# usage: make serve | make test | make lint | make stop | make train | make evaluate | make calibrate | make mar [VERSION=2.0]
+#        make bench [QUICK=1] | make bench-served | make soak | make chaos (slow reliability runs, docs/reliability.md)
+#        make image | make image-test (slow: docs/deploy.md)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ ARTIFACTS ?= model_store/artifacts
 VERSION ?= 1.0
 MAR := model_store/imdb_sentiment$(if $(filter-out 1.0,$(VERSION)),-$(VERSION),).mar
 
-.PHONY: install mar serve stop status test lint train evaluate bench bench-served soak chaos clean image image-test
+.PHONY: install mar serve stop status test lint train evaluate calibrate bench bench-served soak chaos clean image image-test
 
 install: $(VENV)/.installed
 
@@ -45,6 +46,9 @@ train: install
 
 evaluate: install
 	$(PY) scripts/evaluate.py --artifacts $(ARTIFACTS)
+
+calibrate: install
+	$(PY) scripts/calibrate.py --artifacts $(ARTIFACTS)
 
 # bench: the engine comparison (QUICK=1: 64 reviews, about 1 min), then the served load test.
 bench: install

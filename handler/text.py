@@ -15,10 +15,13 @@ from pathlib import Path
 
 import torch
 
+from handler.long_runs import bound_runs
+
 UNK, PAD = "<unk>", "<pad>"
 VOCAB_FILE = "vocab.json"
 # IMDB reviews carry HTML line breaks ("<br /><br />"); they are layout, not words.
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _tokenizer = None
 MODEL_CONFIG_FILE = "model_config.json"
@@ -61,9 +64,28 @@ def spacy_tokenizer():
     return _tokenizer
 
 
+def clean(text: str, lowercase: bool = True) -> str:
+    """The text spaCy is given: HTML breaks dropped, lone surrogates repaired, costly runs bounded
+    (``handler.long_runs``: linear time, spaCy's own tokens for every IMDB review).
+
+    A lone UTF-16 surrogate (JSON allows ``"\\ud800"``) cannot be encoded as UTF-8, and spaCy
+    raises ``UnicodeEncodeError`` on it: surrogate pairs are joined, lone ones become U+FFFD, so
+    ``tokenize`` never raises on a ``str``.
+    """
+    text = _BREAK.sub(" ", text)
+    if _SURROGATE.search(text):
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if lowercase:
+        text = text.lower()
+    return bound_runs(text, spacy_tokenizer())
+
+
 def tokenize(texts: Sequence[str], lowercase: bool = True) -> list[list[str]]:
-    """Lower-case, drop HTML line breaks, spaCy-tokenize; whitespace tokens are dropped."""
-    cleaned = (_BREAK.sub(" ", t).lower() if lowercase else _BREAK.sub(" ", t) for t in texts)
+    """Lower-case, drop HTML line breaks, spaCy-tokenize; whitespace tokens are dropped.
+
+    Linear in the length of the text (see ``clean``); raises nothing on any ``str``.
+    """
+    cleaned = (clean(t, lowercase) for t in texts)
     return [[tok.text for tok in doc if not tok.is_space] for doc in spacy_tokenizer().pipe(cleaned)]
 
 
@@ -140,7 +162,3 @@ def encode(token_lists: Sequence[Sequence[str]], vocab: Vocab, min_len: int = 7,
         truncated=[len(t) > max_tokens for t in token_lists],
         n_unknown=n_unknown,
     )
-
-
-def encode_texts(texts: Sequence[str], vocab: Vocab, min_len: int = 7, max_tokens: int = 512) -> EncodedBatch:
-    return encode(tokenize(texts), vocab, min_len=min_len, max_tokens=max_tokens)

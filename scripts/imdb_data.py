@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import tarfile
 import urllib.request
@@ -91,6 +92,15 @@ def load(path: Path, splits: tuple[str, ...] = ("train", "test")) -> dict[str, S
         rows.sort()
         out[split] = Split([r[2] for r in rows], [r[1] for r in rows])
     return out
+
+
+def validation_split(n: int, val_size: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(validation indices, fitting indices) of ``n`` training reviews: the first ``val_size`` of a
+    shuffle. Training draws it first from ``random.Random(seed)``, so calibrate.py redraws the same
+    split from the same seed."""
+    perm = list(range(n))
+    rng.shuffle(perm)
+    return perm[:val_size], perm[val_size:]
 
 
 def load_tsv(path: Path) -> Split:

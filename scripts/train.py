@@ -4,7 +4,9 @@ usage: python scripts/train.py [--data PATH] [--out model_store/artifacts] [--ep
 
 Trains on the 25,000 IMDB training reviews minus a validation split (early stopping and model
 choice use validation only), then reports accuracy on the 25,000 test reviews. Writes
-weights.safetensors, model_config.json, vocab.json and metrics.json into --out.
+weights.safetensors, model_config.json, vocab.json and metrics.json into --out; model_config.json
+also records the text pipeline ("text": handler.text.TextSettings) and the temperature fitted on the
+validation split ("calibration", scripts/calibrate.py).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import calibrate  # noqa: E402
 import imdb_data  # noqa: E402
 
 from handler.model import ModelConfig, SentimentCNN, load_model, save_artifacts  # noqa: E402
-from handler.text import Vocab, encode, tokenize  # noqa: E402
+from handler.text import TextSettings, Vocab, encode, tokenize  # noqa: E402
 
 TUTORIAL_SENTENCES = [
     ("It was a fantastic performance !", "pos"),
@@ -95,14 +98,15 @@ def length_buckets(token_lists: list[list[str]], batch_size: int, rng: random.Ra
 
 
 @torch.no_grad()
-def predict_logits(
-    model: SentimentCNN, token_lists: list[list[str]], vocab: Vocab, max_tokens: int, batch_size: int = 256
+def dataset_logits(
+    model: SentimentCNN, token_lists: list[list[str]], vocab: Vocab, text: TextSettings, batch_size: int = 256
 ) -> torch.Tensor:
-    """Logits [N] in the input order."""
+    """Logits [N] of a whole tokenized data set, in the input order (length-bucketed batches of
+    the model's own forward; serving's ``handler.model.predict_logits`` takes one encoded batch)."""
     model.eval()
     out = torch.empty(len(token_lists))
     for idx in length_buckets(token_lists, batch_size, None):
-        batch = encode([token_lists[i] for i in idx], vocab, max_tokens=max_tokens)
+        batch = encode([token_lists[i] for i in idx], vocab, text.min_len, text.max_tokens)
         out[idx] = model(batch.ids, batch.lengths)
     return out
 
@@ -111,19 +115,73 @@ def accuracy(logits: torch.Tensor, labels: list[int]) -> float:
     return float(((logits > 0).long() == torch.tensor(labels)).float().mean())
 
 
+def word_vectors(model: SentimentCNN, vocab: Vocab, fit_tok: list[list[str]], data_path: Path, args) -> int:
+    """Initialise the embedding with PPMI-SVD vectors; returns how many reviews they came from."""
+    text = TextSettings()
+    unsup = imdb_data.load(data_path, splits=("unsup",))["unsup"].texts if args.unsup else []
+    corpus = fit_tok + tokenize(tqdm(unsup, desc="tokenize unsup", mininterval=2), text.lowercase)
+    t0 = time.time()
+    with torch.no_grad():
+        model.embedding.weight.copy_(ppmi_svd_vectors(corpus, vocab, model.config.embedding_dim))
+    print(f"PPMI-SVD word vectors from {len(corpus)} training reviews in {time.time() - t0:.0f}s", flush=True)
+    return len(corpus)
+
+
+def train_epoch(model, opt, vocab: Vocab, text: TextSettings, fit_tok, fit_y, rng, args, desc: str) -> dict:
+    """One pass over the fitting reviews in shuffled length buckets; loss and accuracy seen."""
+    model.train()
+    seen = correct = loss_sum = 0
+    bar = tqdm(length_buckets(fit_tok, args.batch_size, rng), desc=desc, mininterval=1)
+    for idx in bar:
+        batch = encode([fit_tok[i] for i in idx], vocab, text.min_len, text.max_tokens)
+        if args.word_dropout > 0:  # regulariser: hide random words behind <unk>
+            drop = (torch.rand(batch.ids.shape) < args.word_dropout) & (batch.ids != vocab.pad_idx)
+            batch.ids[drop] = vocab.unk_idx
+        logits = model(batch.ids, batch.lengths)
+        loss = F.binary_cross_entropy_with_logits(logits, fit_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(idx)
+        loss_sum += loss.item() * len(idx)
+        correct += int(((logits > 0).float() == fit_y[idx]).sum())
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+
+
+def fit(model, vocab: Vocab, text: TextSettings, fit_tok, fit_y, val_tok, val_y, rng, args) -> tuple[float, int, list]:
+    """Epochs until validation accuracy stops improving (--patience); keeps the best epoch's weights."""
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    best_acc, best_state, best_epoch, stale = -1.0, None, 0, 0
+    history = []
+    for epoch in range(1, args.epochs + 1):
+        row = {"epoch": epoch, **train_epoch(model, opt, vocab, text, fit_tok, fit_y, rng, args, f"epoch {epoch}")}
+        row["val_acc"] = accuracy(dataset_logits(model, val_tok, vocab, text), val_y)
+        history.append(row)
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k} {v}:" for k, v in row.items()), flush=True)
+        if row["val_acc"] > best_acc:
+            best_acc, best_epoch, stale = row["val_acc"], epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= args.patience:
+                break
+    model.load_state_dict(best_state)
+    return best_acc, best_epoch, history
+
+
 def train(args: argparse.Namespace) -> dict:
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     started = time.time()
+    text = TextSettings()  # the one definition of the text pipeline; written beside the weights
     data_path = imdb_data.locate(args.data)
     data = imdb_data.load(data_path)
-    train_tok = tokenize(tqdm(data["train"].texts, desc="tokenize train", mininterval=2))
-    test_tok = tokenize(tqdm(data["test"].texts, desc="tokenize test", mininterval=2))
+    train_tok = tokenize(tqdm(data["train"].texts, desc="tokenize train", mininterval=2), text.lowercase)
+    test_tok = tokenize(tqdm(data["test"].texts, desc="tokenize test", mininterval=2), text.lowercase)
 
     rng = random.Random(args.seed)
-    perm = list(range(len(train_tok)))
-    rng.shuffle(perm)
-    val_idx, fit_idx = perm[: args.val_size], perm[args.val_size :]
+    val_idx, fit_idx = imdb_data.validation_split(len(train_tok), args.val_size, rng)
     fit_tok = [train_tok[i] for i in fit_idx]
     fit_y = torch.tensor([data["train"].labels[i] for i in fit_idx], dtype=torch.float32)
     val_tok = [train_tok[i] for i in val_idx]
@@ -132,51 +190,8 @@ def train(args: argparse.Namespace) -> dict:
     vocab = Vocab.build(fit_tok, max_size=args.vocab_size, min_freq=args.min_freq)
     config = ModelConfig(vocab_size=len(vocab), pad_idx=vocab.pad_idx)
     model = SentimentCNN(config)
-    n_vector_reviews = 0
-    if args.word_vectors:
-        unsup = imdb_data.load(data_path, splits=("unsup",))["unsup"].texts if args.unsup else []
-        corpus = fit_tok + tokenize(tqdm(unsup, desc="tokenize unsup", mininterval=2))
-        n_vector_reviews = len(corpus)
-        t0 = time.time()
-        with torch.no_grad():
-            model.embedding.weight.copy_(ppmi_svd_vectors(corpus, vocab, config.embedding_dim))
-        print(f"PPMI-SVD word vectors from {len(corpus)} training reviews in {time.time() - t0:.0f}s", flush=True)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    best_acc, best_state, best_epoch, stale = -1.0, None, 0, 0
-    history = []
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        batches = length_buckets(fit_tok, args.batch_size, rng)
-        seen = correct = loss_sum = 0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", mininterval=1)
-        for idx in bar:
-            batch = encode([fit_tok[i] for i in idx], vocab, max_tokens=args.max_tokens)
-            if args.word_dropout > 0:  # regulariser: hide random words behind <unk>
-                drop = (torch.rand(batch.ids.shape) < args.word_dropout) & (batch.ids != vocab.pad_idx)
-                batch.ids[drop] = vocab.unk_idx
-            logits = model(batch.ids, batch.lengths)
-            loss = F.binary_cross_entropy_with_logits(logits, fit_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
-            correct += int(((logits > 0).float() == fit_y[idx]).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
-        val_acc = accuracy(predict_logits(model, val_tok, vocab, args.max_tokens), val_y)
-        history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val_acc})
-        print(
-            f"epoch {epoch}: train_loss={loss_sum / seen:.4f} train_acc={correct / seen:.4f} val_acc={val_acc:.4f}",
-            flush=True,
-        )
-        if val_acc > best_acc:
-            best_acc, best_epoch, stale = val_acc, epoch, 0
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= args.patience:
-                break
-    model.load_state_dict(best_state)
+    n_vector_reviews = word_vectors(model, vocab, fit_tok, data_path, args) if args.word_vectors else 0
+    best_acc, best_epoch, history = fit(model, vocab, text, fit_tok, fit_y, val_tok, val_y, rng, args)
     train_seconds = time.time() - started
 
     out = Path(args.out)
@@ -184,16 +199,23 @@ def train(args: argparse.Namespace) -> dict:
     vocab.save(out)
     shipped = load_model(out)  # what users get: float16 embedding up-cast at load
     test_y = data["test"].labels
+    test_logits = dataset_logits(shipped, test_tok, vocab, text)
+    # The temperature is fitted on the validation split only; the test set just reports it.
+    calibration = calibrate.calibration_record(
+        dataset_logits(shipped, val_tok, vocab, text), val_y, test_logits, test_y
+    )
+    calibrate.record(out, text=text.as_dict(), calibration=calibration)
     metrics = {
-        "test_accuracy": accuracy(predict_logits(shipped, test_tok, vocab, args.max_tokens), test_y),
-        "test_accuracy_float32_embedding": accuracy(predict_logits(model, test_tok, vocab, args.max_tokens), test_y),
+        "test_accuracy": accuracy(test_logits, test_y),
+        "test_accuracy_float32_embedding": accuracy(dataset_logits(model, test_tok, vocab, text), test_y),
+        **calibrate.summary(calibration),
         "val_accuracy": best_acc,
         "best_epoch": best_epoch,
         "n_train": len(fit_tok),
         "n_val": len(val_tok),
         "n_test": len(test_tok),
         "vocab_size": len(vocab),
-        "max_tokens": args.max_tokens,
+        "text": text.as_dict(),
         "train_seconds": round(train_seconds, 1),
         "threads": args.threads,
         "seed": args.seed,
@@ -203,12 +225,17 @@ def train(args: argparse.Namespace) -> dict:
         "data_sha256": imdb_data.sha256(data_path) if data_path.is_file() else None,
         "history": history,
     }
-    sentences = [s for s, _ in TUTORIAL_SENTENCES]
-    logits = predict_logits(shipped, tokenize(sentences), vocab, args.max_tokens)
-    metrics["tutorial_sentences"] = {s: ("pos" if l > 0 else "neg") for s, l in zip(sentences, logits.tolist())}
+    metrics["tutorial_sentences"] = tutorial_labels(shipped, vocab, text)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     return metrics
+
+
+def tutorial_labels(model: SentimentCNN, vocab: Vocab, text: TextSettings) -> dict[str, str]:
+    """The model's label for each of the Captum tutorial's sentences."""
+    sentences = [s for s, _ in TUTORIAL_SENTENCES]
+    logits = dataset_logits(model, tokenize(sentences, text.lowercase), vocab, text)
+    return {s: ("pos" if z > 0 else "neg") for s, z in zip(sentences, logits.tolist())}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -222,7 +249,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-size", type=int, default=2500)
     p.add_argument("--vocab-size", type=int, default=25000)
     p.add_argument("--min-freq", type=int, default=2)
-    p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(

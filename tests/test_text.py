@@ -1,9 +1,23 @@
 """The shared text pipeline: tokenizing, vocabulary and padding."""
 
+import random
+
+import pytest
 import torch
 from helpers import tiny_artifacts  # noqa: F401  (puts the repo on sys.path)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from handler.text import PAD, UNK, Vocab, encode, tokenize
+from handler.long_runs import MAX_RUN, MAX_STRIPS
+from handler.text import _BREAK, PAD, UNK, Vocab, clean, encode, spacy_tokenizer, tokenize
+
+PUNCT = "!?()[]\"'.,;:*-/&"
+STRIPPED = '!?()"😀'  # symbols spaCy strips one by one: quadratic on its own
+# The symbols the 50,000 IMDB reviews repeat at a word's ends. Contrived contexts of others can
+# differ (14 ``+`` then ``0!!!``: spaCy keeps ``+0`` only with all the copies on the word).
+REPEATABLE = '!?*_=.-()"😀🎬'
+# Any code point, lone surrogates included (a JSON body may escape one), weighted to punctuation.
+ANY_CHAR = st.one_of(st.characters(), st.characters(categories=["Cs"]), st.sampled_from(PUNCT + " \n"))
 
 
 def test_tokenize_lowercases_splits_punctuation_and_drops_html_breaks():
@@ -73,3 +87,140 @@ def test_vocab_build_prunes_by_size_and_frequency():
 def test_encode_returns_long_tensors():
     batch = encode([["good"]], _vocab())
     assert batch.ids.dtype == torch.long and batch.lengths.dtype == torch.long
+
+
+def _spacy_alone(text: str) -> list[str]:
+    """spaCy on the text as tokenize cleans it, without the bound on runs."""
+    return [t.text for t in spacy_tokenizer()(_BREAK.sub(" ", text).lower()) if not t.is_space]
+
+
+class _CountingTokenizer:
+    """spaCy's tokenizer with its prefix and suffix searches wrapped to add up the characters they
+    scan: the work of spaCy's affix loop, quadratic in a run's length when it strips affix after
+    affix (tokens are unchanged; this instance only measures)."""
+
+    def __init__(self):
+        import spacy
+
+        self.tokenizer = spacy.blank("en").tokenizer
+        self.scanned = 0
+        for name in ("prefix_search", "suffix_search"):
+            search = getattr(self.tokenizer, name)
+            setattr(self.tokenizer, name, lambda text, search=search: self._count(text, search))
+
+    def _count(self, text: str, search):
+        self.scanned += len(text)
+        return search(text)
+
+    def work(self, text: str) -> int:
+        self.scanned = 0
+        self.tokenizer(text)
+        return self.scanned
+
+
+_COUNTER = _CountingTokenizer()
+WORK_PER_CHAR = 4 * (MAX_STRIPS + 2)  # two searches per strip, +2 per run; lower-casing may double a character
+
+
+def _spacy_work(text: str) -> int:
+    """Characters spaCy's affix searches scan on the text as ``tokenize`` cleans it."""
+    return _COUNTER.work(clean(text))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(ANY_CHAR, max_size=400))
+def test_tokenize_never_raises_and_gives_non_space_utf8_tokens(text):
+    tokens = tokenize([text])[0]
+    assert all(t and not t.isspace() for t in tokens)
+    "".join(tokens).encode("utf-8")  # no surrogate survives
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(ANY_CHAR, max_size=300), st.text(st.sampled_from(STRIPPED), min_size=200, max_size=400)))
+def test_tokenizing_cost_is_linear_in_the_text(text):
+    assert _spacy_work(text) <= WORK_PER_CHAR * len(text)
+
+
+# Words of at most 40 characters (80 after lower-casing: İ -> i + U+0307), at most MAX_STRIPS of
+# them symbols: runs that reach spaCy unchanged.
+PLAIN_WORD = st.text(st.one_of(st.characters(codec="utf-8"), st.sampled_from(PUNCT)), max_size=MAX_RUN // 2).filter(
+    lambda w: sum(not c.isalnum() for c in w) <= MAX_STRIPS
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PLAIN_WORD))
+def test_runs_within_the_bounds_keep_spacys_tokens(words):
+    text = " ".join(words)
+    assert tokenize([text])[0] == _spacy_alone(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(REPEATABLE),
+    st.integers(0, MAX_RUN // 4),  # with the word, at most MAX_RUN characters
+    PLAIN_WORD.filter(lambda w: w[:1].isalnum() and w[-1:].isalnum() and not any(c.isspace() for c in w)),
+    st.sampled_from(REPEATABLE),
+    st.integers(0, MAX_RUN // 4),  # with the word, at most MAX_RUN characters
+)
+def test_repeated_symbols_at_a_words_ends_keep_spacys_tokens(left, n_left, word, right, n_right):
+    """A word between long stretches of one symbol, as reviews have them (``wow!!!!!!``,
+    ``*****spoilers*****``): spread out where spaCy strips them one by one, else left alone."""
+    text = left * n_left + word + right * n_right
+    assert tokenize([text])[0] == _spacy_alone(text)
+
+
+def _random_run(rng: random.Random, alphabet: str, length: int) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(length))
+
+
+_RNG = random.Random(0)
+PATHOLOGICAL = {
+    "bang": "!" * 100_000,
+    "paren": "(" * 100_000,
+    "emoji": "😀🎬👍" * 33_333,
+    "alternating": "!?" * 50_000,
+    "letters": "a" * 100_000,
+    "letter_bang": "a!" * 50_000,
+    "quotes": "'" * 100_000,
+    "smileys": ":)" * 50_000,
+    # distinct runs (spaCy caches a run it has seen): random symbols, and words wrapped in symbols
+    "symbol_runs": " ".join(_random_run(_RNG, PUNCT, MAX_RUN) for _ in range(100_000 // (MAX_RUN + 1))),
+    "emoji_runs": " ".join(_random_run(_RNG, "😀🎬👍💥🔥", 40) for _ in range(100_000 // 41)),
+    "symbols_around_words": " ".join(
+        _random_run(_RNG, PUNCT, 9) + f"w{k}" + _random_run(_RNG, PUNCT, 9) for k in range(100_000 // 25)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PATHOLOGICAL)
+def test_pathological_100k_character_inputs_cost_linear_work(name):
+    text = PATHOLOGICAL[name]
+    assert _spacy_work(text) <= WORK_PER_CHAR * len(text)  # spaCy alone: up to len(text) ** 2 / 2
+    assert tokenize([text])[0]
+
+
+def test_long_runs_are_cut_into_words_symbols_and_stretches_spacy_keeps_whole():
+    text = "so " + "good!" * 20 + " " + "!" * 90 + " " + "." * 200
+    assert tokenize([text])[0] == ["so"] + ["good", "!"] * 20 + ["!"] * 90 + ["." * 200]
+    assert tokenize(["!" * 90])[0] == _spacy_alone("!" * 90)  # spaCy splits a run of ! the same way
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "wow!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        "*" * 30 + "spoilers" + "*" * 30,
+        "so sad:" + "(" * 20 + " happy:" + ")" * 20,  # :( keeps its context (ATTACHED)
+        "f*****g b*****ds",
+        "spoiler" + "=" * 40 + " a" + "+" * 12 + " 1" + "-" * 30,
+        '(((((((((((very))))))))))) """""quoted""""" ',
+    ],
+)
+def test_spread_stretches_of_symbols_keep_spacys_tokens(text):
+    assert tokenize([text])[0] == _spacy_alone(text)
+
+
+def test_lone_surrogates_become_replacement_characters_and_pairs_are_joined():
+    assert tokenize(["good \ud800 movie"]) == [["good", "\ufffd", "movie"]]
+    assert tokenize(["good \ud83d\ude00 movie"]) == tokenize(["good \U0001f600 movie"])

@@ -8,10 +8,13 @@ import pytest
 import torch
 from helpers import SCRIPTS
 
+from handler.calibration import Calibration
+from handler.inprocess import answer_texts
 from handler.model import load_model
-from handler.text import Vocab
+from handler.text import TextSettings, Vocab
 
 sys.path.insert(0, str(SCRIPTS))
+import calibrate  # noqa: E402
 import evaluate  # noqa: E402
 import imdb_data  # noqa: E402
 import train  # noqa: E402
@@ -69,9 +72,21 @@ def test_tiny_training_run_writes_loadable_artifacts(tiny_imdb, tmp_path):
     assert model.embedding.num_embeddings == len(vocab) <= 60
     assert json.loads((out / "metrics.json").read_text())["n_test"] == 32 == metrics["n_test"]
     assert metrics["n_train"] == 28 and metrics["n_val"] == 4
-    assert set(metrics["tutorial_sentences"]) == {s for s, _ in train.TUTORIAL_SENTENCES}
-    result = evaluate.evaluate(out, imdb_data.load(tiny_imdb, splits=("test",))["test"], max_tokens=512)
+    # The recorded tutorial labels are what the saved artifacts answer when served.
+    served = answer_texts([s for s, _ in train.TUTORIAL_SENTENCES], out, explain=False)
+    assert metrics["tutorial_sentences"] == {s: a["label"] for (s, _), a in zip(train.TUTORIAL_SENTENCES, served)}
+    config = json.loads((out / "model_config.json").read_text())
+    assert config["text"] == TextSettings().as_dict() == TextSettings.load(out).as_dict()
+    assert config["calibration"]["fitted_on"] == "validation" and config["calibration"]["n_fit"] == 4
+    assert metrics["temperature"] == Calibration.load(out).temperature == config["calibration"]["temperature"]
+    test_split = imdb_data.load(tiny_imdb, splits=("test",))["test"]
+    result = evaluate.evaluate(out, test_split)
     assert result["n"] == 32 and sum(result["confusion"].values()) == 32
+    assert result["accuracy"] == metrics["test_accuracy"] == result["calibrated"]["accuracy"]
+    assert result["calibrated"]["nll"] == pytest.approx(metrics["test_nll"])
+    # Evaluation reads the text pipeline recorded with the weights, not options of its own.
+    calibrate.record(out, text={"min_len": 7, "max_tokens": 7, "lowercase": True})
+    assert evaluate.evaluate(out, test_split)["uncalibrated"]["nll"] != result["uncalibrated"]["nll"]
 
 
 def test_training_is_reproducible_with_a_fixed_seed(tiny_imdb, tmp_path):
