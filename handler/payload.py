@@ -281,12 +281,11 @@ def error_body(err: RequestError, request_id: str | None = None) -> dict:
 
 
 def prediction(
-    logit: float, labels: tuple[str, str], n_tokens: int, truncated: bool, n_unknown: int, temperature: float = 1.0
+    logit: float, p_pos: float, labels: tuple[str, str], n_tokens: int, truncated: bool, n_unknown: int
 ) -> dict:
-    """The answer of /predictions; the explanation adds to it. ``score`` is the calibrated
-    probability sigmoid(logit / temperature); ``logit`` stays raw."""
-    z = logit / temperature
-    p_pos = 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+    """The answer of /predictions; the explanation adds to it. ``p_pos`` is the calibrated
+    probability (``handler.calibration``); ``logit`` stays raw and decides the label, since a tiny
+    logit's probability can round to exactly 0.5."""
     return {
         "label": labels[1] if logit > 0 else labels[0],
         "score": p_pos,

@@ -34,6 +34,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler import checksums, device, payload
 from handler.attribution import IGSettings, fast_engine_applies, layer_ig, prepare_quadrature
 from handler.batch import Batch
+from handler.calibration import Calibration
 from handler.model import load_model
 from handler.payload import Request, RequestError
 from handler.serving_metrics import ServingMetrics
@@ -58,7 +59,7 @@ class SentimentHandler(BaseHandler):
         if self.text.min_len < widest:
             raise ValueError(f"text min_len {self.text.min_len} is below the widest filter ({widest})")
         self.record = json.loads(Path(self.model_dir, "model_config.json").read_text())
-        self.temperature = float((self.record.get("calibration") or {}).get("temperature", 1.0))
+        self.calibration = Calibration.load(self.model_dir)
         self.ig = self.settings.explain.ig(on_gpu=self.device.type == "cuda")
         self.limits = payload.Limits(self.ig, self.settings.max_chars, self.settings.max_instances)
         self.version = ((self.manifest or {}).get("model") or {}).get("modelVersion")
@@ -179,8 +180,9 @@ class SentimentHandler(BaseHandler):
             batch.answers[batch.order[j]] = payload.explanation(base, enc.tokens[j], attr, i)
 
     def _base(self, enc: EncodedBatch, j: int, logit: float) -> dict:
+        score = self.calibration.score(logit)
         answer = payload.prediction(
-            logit, self.settings.labels, len(enc.tokens[j]), enc.truncated[j], enc.n_unknown[j], self.temperature
+            logit, score, self.settings.labels, len(enc.tokens[j]), enc.truncated[j], enc.n_unknown[j]
         )
         answer["model_version"] = self.version
         return answer

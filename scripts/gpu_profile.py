@@ -24,7 +24,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from handler.attribution import IGSettings, layer_ig  # noqa: E402
 from handler.model import load_model  # noqa: E402
-from handler.text import EncodedBatch, TextSettings, Vocab, encode_texts  # noqa: E402
+from handler.text import EncodedBatch, TextSettings, Vocab, encode, tokenize  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "model_store" / "artifacts"
 PLAN = ("1024:29", "2048:28", "2048:29", "4096:29", "4096:30")
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     plan = parse_plan(a.plan)
     model, vocab, text = load_model(a.artifacts, a.device), Vocab.load(a.artifacts), TextSettings.load(a.artifacts)
     lines = a.reviews.read_text(encoding="utf-8").splitlines()[: max(r for r, _ in plan)]
-    batch = encode_texts([line.split("\t", 1)[1] for line in lines], vocab, text.min_len, text.max_tokens).to(a.device)
+    tokens = tokenize([line.split("\t", 1)[1] for line in lines], text.lowercase)
+    batch = encode(tokens, vocab, text.min_len, text.max_tokens).to(a.device)
     rows_out = []
     for rows, chunk in plan:
         per_s, peak = rate(model, batch, rows, chunk, a.device, a.calls)
