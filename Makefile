@@ -22,7 +22,7 @@ $(VENV)/.installed: requirements.txt $(wildcard requirements/*.txt) pyproject.to
 
 mar: $(MAR)
 
-$(MAR): install $(wildcard handler/*.py) $(wildcard $(ARTIFACTS)/*) model-config.yaml scripts/build_mar.py
+$(MAR): $(VENV)/.installed $(wildcard handler/*.py) $(wildcard $(ARTIFACTS)/*) model-config.yaml scripts/build_mar.py
 	$(PY) scripts/build_mar.py --artifacts $(ARTIFACTS) --version $(VERSION)
 
 serve: mar
