@@ -10,6 +10,7 @@ Imports TorchServe only when called.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 MODEL = "imdb_sentiment"
@@ -46,7 +47,13 @@ def local_handler(model_dir: Path, model_config: Path | None = None, batch_size:
 
 
 def answer(handler, context, texts: list[str], explain: bool) -> list[dict]:
-    """Send ``texts`` through ``handler`` in batches of the context's batch size, as the frontend would."""
+    """Send ``texts`` through ``handler`` in batches of the context's batch size, as the frontend
+    would, and read each reply as a client does."""
+    return [json.loads(r) if isinstance(r, str) else r for r in replies(handler, context, texts, explain)]
+
+
+def replies(handler, context, texts: list[str], explain: bool) -> list[str | dict]:
+    """The handler's replies as the frontend receives them (compact JSON text), batch by batch."""
     from ts.context import RequestProcessor
 
     results = []

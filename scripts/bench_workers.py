@@ -60,6 +60,7 @@ def explain_worker(artifacts: str, texts: list[str], gpu_id: int | None, shape: 
     for _ in range(shape[2]):
         out = handler.handle(body, context)
     elapsed = time.perf_counter() - t0
+    out = [json.loads(o) if isinstance(o, str) else o for o in out]  # compact JSON, as the frontend gets it
     explained = all(len(o.get("explanations", ())) == shape[1] for o in out) and all(
         "attributions" in e for o in out for e in o["explanations"]
     )
