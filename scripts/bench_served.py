@@ -109,15 +109,8 @@ def torchserve(artifacts: Path, batch_size: int, delay_ms: int, worker_threads: 
             handler["torch_threads"] = worker_threads
         build_mar.build(artifacts, store, batchSize=batch_size, maxBatchDelay=delay_ms, handler=handler)
         config = serve.isolated_config(work / "config.properties", model_store=str(store))
-        try:
-            server = serve.start(work, config, store)
-        except BaseException:
-            serve.stop(work)  # by the pid file, in case the JVM came up
-            raise
-        try:
+        with serve.running(work, config, store) as server:
             yield server
-        finally:
-            serve.stop(server)
 
 
 def pair(server, inprocess: InProcess, per_request: int, kind: str, concurrency: int, labels: dict) -> dict:

@@ -30,6 +30,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,6 +288,21 @@ def _pid(workdir: Path) -> int | None:
     if f.exists() and f.read_text().strip().isdigit():
         return int(f.read_text().strip())
     return None
+
+
+@contextmanager
+def running(workdir: Path, config: Path, model_store: Path, timeout: float = 600) -> Iterator[Server]:
+    """A started TorchServe, stopped by pid whatever happens: also when the start itself fails
+    after the JVM came up (then by the pid file in ``workdir``)."""
+    try:
+        server = start(workdir, config, model_store, timeout=timeout)
+    except BaseException:
+        stop(workdir)
+        raise
+    try:
+        yield server
+    finally:
+        stop(server)
 
 
 def stop(server: Server | Path, grace: float = 15) -> None:

@@ -41,15 +41,8 @@ def server(tmp_path_factory) -> Iterator[serve.Server]:
     d = tmp_path_factory.mktemp("client_served")
     build_mar.build(SHIPPED, d / "store")
     config = serve.isolated_config(d / "config.properties")
-    try:
-        running = serve.start(d / "work", config, d / "store", timeout=180)
-    except BaseException:
-        serve.stop(d / "work")
-        raise
-    try:
+    with serve.running(d / "work", config, d / "store", timeout=180) as running:
         yield running
-    finally:
-        serve.stop(running)
 
 
 @pytest.fixture(scope="module")

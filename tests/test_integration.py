@@ -100,15 +100,8 @@ def build_store(directory: Path, batch_size: int, max_batch_delay: int) -> Path:
 
 def running(workdir: Path, config: Path, store: Path) -> Iterator[Client]:
     """Start TorchServe; stop it by pid whatever happens."""
-    try:
-        server = serve.start(workdir, config, store, timeout=120)
-    except BaseException:
-        serve.stop(workdir)  # by the pid file, in case the JVM came up
-        raise
-    try:
+    with serve.running(workdir, config, store, timeout=120) as server:
         yield Client(server)
-    finally:
-        serve.stop(server)
 
 
 @pytest.fixture(scope="session")

@@ -73,15 +73,8 @@ def short_keys(tmp_path_factory) -> Iterator[serve.Server]:
     d = tmp_path_factory.mktemp("keys")
     (d / "store").mkdir()
     config = serve.isolated_config(d / "config.properties", token_expiration_min="1", load_models="")
-    try:
-        server = serve.start(d / "work", config, d / "store", timeout=120)
-    except BaseException:
-        serve.stop(d / "work")
-        raise
-    try:
+    with serve.running(d / "work", config, d / "store", timeout=120) as server:
         yield server
-    finally:
-        serve.stop(server)
 
 
 def ping(server: serve.Server, key: str) -> requests.Response:
@@ -164,15 +157,8 @@ def shared(tmp_path_factory) -> Iterator[Shared]:
     build_neighbour(store, d / "neighbour")
     load = f"{MODEL}={MODEL}.mar,{MODEL}={MODEL}-2.0.mar,neighbour=neighbour.mar"
     config = serve.isolated_config(d / "config.properties", REPO / "config.shared.properties", load_models=load)
-    try:
-        server = serve.start(d / "work", config, store, timeout=240)
-    except BaseException:
-        serve.stop(d / "work")
-        raise
-    try:
+    with serve.running(d / "work", config, store, timeout=240) as server:
         yield Shared(server, store)
-    finally:
-        serve.stop(server)
 
 
 def test_one_version_per_archive_and_the_checksums_of_what_the_handler_loads(shared: Shared) -> None:
