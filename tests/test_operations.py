@@ -81,27 +81,23 @@ def ping(server: serve.Server, key: str) -> requests.Response:
     return requests.get(server.inference + "/ping", headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
+def mint_inference_key(server: serve.Server, key: str) -> requests.Response:
+    """POST /token?type=inference, as the README tells an operator to rotate keys."""
+    headers = {"Authorization": f"Bearer {key}"}
+    return requests.post(server.management + "/token", params={"type": "inference"}, headers=headers, timeout=10)
+
+
 def test_keys_rotate_with_post_token_and_the_api_key(short_keys: serve.Server) -> None:
     keys = json.loads(short_keys.key_file.read_text())
     old = keys["inference"]["key"]
     assert ping(short_keys, old).status_code == 200
-    r = requests.post(
-        short_keys.management + "/token",
-        params={"type": "inference"},
-        headers={"Authorization": f"Bearer {keys['API']['key']}"},
-        timeout=10,
-    )
+    r = mint_inference_key(short_keys, keys["API"]["key"])
     assert r.status_code == 200, r.text
     new = json.loads(short_keys.key_file.read_text())["inference"]["key"]
     assert new != old and ping(short_keys, new).status_code == 200
     assert ping(short_keys, old).status_code == 400
     # The management key is not the API key: it cannot mint keys.
-    r = requests.post(
-        short_keys.management + "/token",
-        params={"type": "inference"},
-        headers={"Authorization": f"Bearer {keys['management']['key']}"},
-        timeout=10,
-    )
+    r = mint_inference_key(short_keys, keys["management"]["key"])
     assert r.status_code == 400, r.text
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,15 +21,9 @@ from imdb_client.report import COLUMNS, Source, render_html
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "model_store" / "artifacts"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+sys.path.insert(0, str(REPO / "scripts"))
+from screenshots import FLAGS  # noqa: E402  the README pictures run Chromium the same way
+
 REVIEWS = [
     Item("It was a fantastic performance, the best film I have seen this year!", "pos/1.txt", "pos"),
     Item("A horrible, boring movie. I want my two hours back.", "neg/2.txt", "neg"),
