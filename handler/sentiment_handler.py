@@ -58,7 +58,6 @@ class SentimentHandler(BaseHandler):
         widest = max(self.model.config.filter_sizes)
         if self.text.min_len < widest:
             raise ValueError(f"text min_len {self.text.min_len} is below the widest filter ({widest})")
-        self.record = json.loads(Path(self.model_dir, "model_config.json").read_text())
         self.calibration = Calibration.load(self.model_dir)
         self.ig = self.settings.explain.ig(on_gpu=self.device.type == "cuda")
         self.limits = payload.Limits(self.ig, self.settings.max_chars, self.settings.max_instances)
@@ -268,6 +267,8 @@ class SentimentHandler(BaseHandler):
     def describe_handle(self) -> dict:
         metrics_file = self.model_dir / "metrics.json"  # the shipped model's own record
         shipped = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        # Read when asked (describe is rare): the calibration's fit figures, beside its temperature.
+        record = json.loads(Path(self.model_dir, "model_config.json").read_text())
         return {
             "model": "imdb_sentiment",
             "model_version": self.version,
@@ -277,7 +278,7 @@ class SentimentHandler(BaseHandler):
             "vocab_size": len(self.vocab),
             "tokenizer": "spacy.blank('en').tokenizer, <br /> removed",
             "text": self.text.as_dict(),
-            "calibration": self.record.get("calibration") or {"temperature": 1.0},
+            "calibration": record.get("calibration") or {"temperature": self.calibration.temperature},
             "attribution": {
                 "method": "LayerIntegratedGradients on the embedding layer",
                 "reference": "all <pad> tokens (TokenReferenceBase)",
