@@ -210,6 +210,7 @@ def start(
         server.pid = server.pid or _pid(workdir)
         cause = failure(server)
         if cause:
+            cause = settled_failure(server, cause)
             stop(server)
             raise RuntimeError(f"TorchServe could not serve {', '.join(names)}:\n{cause}")
         if _healthy(server) and all(_model_ready(server, name) for name in names):
@@ -241,6 +242,18 @@ def failure(server: Server) -> str | None:
     cause = "\n".join(lines[hits[0] : hits[0] + 12])
     summary = f"cause: {first}\n" if first else ""
     return f"{summary}ts_log.log:\n{cause}" + ("\nmodel_log.log:\n" + "\n".join(worker[-15:]) if worker else "")
+
+
+def settled_failure(server: Server, cause: str, grace: float = 5.0) -> str:
+    """The failure once the worker's own words are in: TorchServe's frontend copies the worker's
+    output into model_log.log on other threads than the one that logs the death to ts_log.log, so
+    the "Failed to load model" line can land a moment after the death. Waits up to ``grace``
+    seconds for it (or for TorchServe to exit), then gives the fullest cause seen."""
+    deadline = time.time() + grace
+    while not cause.startswith("cause: ") and time.time() < deadline:
+        time.sleep(0.2)
+        cause = failure(server) or cause
+    return cause
 
 
 def _lines(log: Path) -> list[str]:

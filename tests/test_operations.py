@@ -67,6 +67,23 @@ def test_a_worker_that_cannot_load_fails_the_start_with_the_workers_error(tmp_pa
     assert serve._pid(tmp_path / "work") is None
 
 
+def test_a_start_failure_waits_for_the_workers_line_that_lands_after_the_death(tmp_path: Path) -> None:
+    """The frontend logs the worker's death to ts_log.log before another thread has copied the
+    worker's "Failed to load model" line to model_log.log (CI saw the cause missing once)."""
+    import threading
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "ts_log.log").write_text("2026-01-01 [INFO ] W-9000 - Backend worker process died.\n")
+    server = serve.Server(tmp_path, "http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
+    early = serve.failure(server)
+    assert early and not early.startswith("cause: ")
+    late = "2026-01-01 [INFO ] W-9000 MODEL_LOG - Failed to load model imdb_sentiment: bad weights\n"
+    threading.Timer(0.6, (logs / "model_log.log").write_text, [late]).start()
+    settled = serve.settled_failure(server, early)
+    assert settled.splitlines()[0] == "cause: Failed to load model imdb_sentiment: bad weights"
+
+
 @pytest.fixture(scope="module")
 def short_keys(tmp_path_factory) -> Iterator[serve.Server]:
     """A server without models whose keys expire after one minute (token_expiration_min=1)."""
