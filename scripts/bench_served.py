@@ -2,6 +2,7 @@
 
 usage: python scripts/bench_served.py [--batch-sizes 8] [--concurrency 1 8 32] [--requests 256] [--per-request 1]
                                       [--kinds explanations predictions] [--repeat 3] [--worker-threads T]
+                                      [--max-batch-delay MS] [--workers N]
                                       [--artifacts DIR] [--data PATH] [--seed 0] [--out bench_results/served-cpu.json]
 
 The default run is issue 13's served mixed-length case: ``--requests`` IMDB test reviews at the
@@ -13,7 +14,9 @@ client does); rates are then reviews/s, and the in-process handler gets the very
 For each batchSize (maxBatchDelay as model-config.yaml ships it; 0 for batchSize 1) it builds a
 .mar and starts TorchServe on free loopback ports in a temporary directory. Then, for each kind and
 number of concurrent clients, back to back: the real handler in-process (handler/inprocess.py)
-answers every request body, batchSize bodies per call (the reference), and the clients send every
+answers every request body, min(concurrency, batchSize) bodies per call (the reference: the most
+that c clients, one request in flight each, can hand a batch; c=1 is one body at a time, as a lone
+client is served), and the clients send every
 body to the server (after a warm-up); ``--repeat`` such pairs per cell, the median ratio kept. On a
 shared machine the load moves within seconds: measured side by side, both see much the same. The
 server is stopped by pid whatever happens.
@@ -96,9 +99,10 @@ class InProcess:
 
 
 @contextlib.contextmanager
-def torchserve(artifacts: Path, batch_size: int, delay_ms: int, worker_threads: int | None) -> Iterator:
-    """A TorchServe serving ``artifacts`` with the given batching, in its own temporary working
-    directory on free loopback ports; stopped by pid whatever happens."""
+def torchserve(artifacts: Path, model_config: dict, worker_threads: int | None) -> Iterator:
+    """A TorchServe serving ``artifacts`` with ``model_config`` over the shipped model-config.yaml
+    (batching, workers), in its own temporary working directory on free loopback ports; stopped by
+    pid whatever happens."""
     import build_mar
     import serve
 
@@ -107,21 +111,27 @@ def torchserve(artifacts: Path, batch_size: int, delay_ms: int, worker_threads: 
         handler = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]
         if worker_threads is not None:
             handler["torch_threads"] = worker_threads
-        build_mar.build(artifacts, store, batchSize=batch_size, maxBatchDelay=delay_ms, handler=handler)
+        build_mar.build(artifacts, store, handler=handler, **model_config)
         config = serve.isolated_config(work / "config.properties", model_store=str(store))
         with serve.running(work, config, store) as server:
             yield server
 
 
 def pair(server, inprocess: InProcess, per_request: int, kind: str, concurrency: int, labels: dict) -> dict:
-    """Back to back: the in-process handler on full batches of the same batchSize, then every body
-    sent to the server from ``concurrency`` clients (after a warm-up)."""
-    reference = inprocess.rate(kind, labels["batchSize"])
+    """Back to back: the in-process handler on batches as large as ``concurrency`` clients can make
+    them (at most batchSize), then every body sent to the server from ``concurrency`` clients
+    (after a warm-up)."""
+    per_call = min(concurrency, labels["batchSize"])
+    reference = inprocess.rate(kind, per_call)
     key, raw = server.keys()["inference"], [b.encode() for b in inprocess.bodies]
     res = bench_load.drive(f"{server.inference}/{kind}/{MODEL}", key, raw, concurrency)
     res["reviews_per_s"] = res["per_s"] * per_request
     row = {"kind": kind, **labels, "concurrency": concurrency, **res}
-    return row | {"inprocess_reviews_per_s": reference, "ratio": res["reviews_per_s"] / reference}
+    return row | {
+        "inprocess_per_call": per_call,
+        "inprocess_reviews_per_s": reference,
+        "ratio": res["reviews_per_s"] / reference,
+    }
 
 
 def measure(
@@ -154,6 +164,7 @@ SERVED_COLUMNS = {
     "kind": "endpoint",
     "batchSize": "batchSize",
     "maxBatchDelay": "maxBatchDelay ms",
+    "workers": "workers",
     "concurrency": "concurrency",
     "requests": "requests",
     "errors": "errors",
@@ -161,6 +172,7 @@ SERVED_COLUMNS = {
     "reviews_per_s": "reviews/s",
     "p50_ms": "p50 ms",
     "p99_ms": "p99 ms",
+    "inprocess_per_call": "in-process bodies per call",
     "inprocess_reviews_per_s": "in-process reviews/s",
     "ratio": "served / in-process",
 }
@@ -176,9 +188,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="endpoints")
     p.add_argument("--repeat", type=int, default=3, help="back-to-back (in-process, served) pairs per cell")
     p.add_argument("--worker-threads", type=int, default=None, help="torch threads of the worker (0: torch's)")
+    p.add_argument("--max-batch-delay", type=int, default=shipped["maxBatchDelay"], help="ms (default: as shipped)")
+    p.add_argument("--workers", type=int, default=shipped["minWorkers"], help="workers (default: as shipped)")
     bench_inputs.add_common(p)
     a = p.parse_args(argv)
-    a.max_batch_delay = shipped["maxBatchDelay"]
     a.out = a.out or bench_record.default_path("served")
     return a
 
@@ -197,8 +210,14 @@ def main(argv: list[str] | None = None) -> dict:
     inprocess, served = InProcess(a.artifacts, bodies, len(texts), a.worker_threads), []
     for batch_size in a.batch_sizes:
         delay = 0 if batch_size == 1 else a.max_batch_delay
-        labels = {"batchSize": batch_size, "maxBatchDelay": delay, "worker_threads": threads}
-        with torchserve(a.artifacts, batch_size, delay, a.worker_threads) as server:
+        labels = {"batchSize": batch_size, "maxBatchDelay": delay, "workers": a.workers, "worker_threads": threads}
+        model_config = {
+            "batchSize": batch_size,
+            "maxBatchDelay": delay,
+            "minWorkers": a.workers,
+            "maxWorkers": a.workers,
+        }
+        with torchserve(a.artifacts, model_config, a.worker_threads) as server:
             for kind, c in itertools.product(a.kinds, a.concurrency):
                 served.append(measure(server, inprocess, a.per_request, kind, c, labels, a.repeat))
     # What a lone request costs the handler (the c=1 case's own ceiling, maxBatchDelay aside).

@@ -186,10 +186,15 @@ def test_each_served_figure_is_divided_by_the_in_process_handler_measured_beside
     labels = {"batchSize": 4, "maxBatchDelay": 10, "worker_threads": "as shipped"}
     row = bench_served.measure(FakeServer(), Reference(), 2, "explanations", 8, labels, repeat=5)
     pair = [("in-process", "explanations", 4), ("served", "http://127.0.0.1:1/explanations/imdb_sentiment", "k", 2, 8)]
-    assert events == pair * 5  # back to back, the reference on full batches of the server's batchSize
+    assert events == pair * 5  # back to back; 8 clients fill the server's batches of 4: the reference's too
     # the median pair, 2 reviews a request
     assert row["ratio_runs"] == [0.2, 0.6, 1.0, 0.8, 0.4] and row["ratio"] == 0.6
     assert row["reviews_per_s"] == 60.0 and row["inprocess_reviews_per_s"] == 100.0 and row["errors"] == 5
+    # A lone client is served one request at a time: so is its reference.
+    events.clear()
+    served_rates = iter([10.0])
+    row = bench_served.measure(FakeServer(), Reference(), 2, "explanations", 1, labels, repeat=1)
+    assert events[0] == ("in-process", "explanations", 1) and row["inprocess_per_call"] == 1
 
 
 def test_the_in_process_reference_answers_every_request(model_dir: Path) -> None:

@@ -125,6 +125,15 @@ def test_model_snapshot_carries_the_archives_worker_and_batch_settings() -> None
     assert entry["marName"] == f"{MODEL}.mar" and snapshot["modelCount"] == len(snapshot["models"]) == 1
 
 
+def test_a_batch_delay_torchserve_would_read_as_100_ms_is_refused_at_build(tmp_path: Path) -> None:
+    """maxBatchDelay 0 looks like "no wait"; TorchServe 0.12 takes it as unset (100 ms a batch)."""
+    with pytest.raises(ValueError, match="waits 100 ms per batch"):
+        build_mar.build(SHIPPED, tmp_path, maxBatchDelay=0)
+    assert not list(tmp_path.iterdir())
+    build_mar.check_batching({"batchSize": 1, "maxBatchDelay": 0})  # no batch to wait for: no wait
+    build_mar.check_batching(yaml.safe_load((REPO / "model-config.yaml").read_text()))
+
+
 # ---------------------------------------------------------------- TorchServe as the runtime starts it
 
 
@@ -277,7 +286,9 @@ def test_every_probe_of_the_manifests_gets_200_without_a_token(runtime: dict[str
 @pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java on PATH")
 def test_model_snapshot_registers_imdb_sentiment_with_its_batch_settings(runtime: dict[str, str]) -> None:
     (described,) = requests.get(f"{runtime['management']}/models/{MODEL}", timeout=10).json()
-    assert (described["modelName"], described["batchSize"], described["maxBatchDelay"]) == (MODEL, 8, 10)
+    shipped = yaml.safe_load((REPO / "model-config.yaml").read_text())
+    expected = (MODEL, shipped["batchSize"], shipped["maxBatchDelay"])
+    assert (described["modelName"], described["batchSize"], described["maxBatchDelay"]) == expected
     assert described["minWorkers"] == 1 and described["workers"][0]["status"] == "READY"
     # The worker runs as the runtime's user and cannot write the model store.
     models = Path(runtime["models"])
