@@ -315,7 +315,10 @@ def _scatter_winners(attributions: torch.Tensor, w: _Windows, g: torch.Tensor, t
     else:  # split: every window equal to the max gets an even share, as amax's backward
         winners = w.a == w.m.unsqueeze(1)  # [B, T', F]
         row, start, ch = winners.nonzero(as_tuple=True)  # [N] each; N = B*F without ties
-        share = g[row, ch] / winners.sum(dim=1)[row, ch]  # [N]
+        # Copies per channel counted over the N winners, not by a second pass over [B, T', F]
+        # (a fifth of this function's time on CPU, same bits).
+        channel = row * g.shape[1] + ch  # [N] flat [B, F] index
+        share = g.flatten()[channel] / torch.bincount(channel, minlength=g.numel())[channel]  # [N]
     values = w.taps.table[w.rows[row, start], ch.unsqueeze(1)] * share.unsqueeze(1)  # [N, fs]
     tokens = (row * t + start).unsqueeze(1) + torch.arange(w.taps.fs, device=g.device)  # [N, fs] flat [B, T] index
     attributions.view(-1).index_add_(0, tokens.flatten(), values.flatten())
