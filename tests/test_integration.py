@@ -148,9 +148,13 @@ def concurrently(calls: list[Callable[[], requests.Response]]) -> list[requests.
         return list(pool.map(fire, calls))
 
 
-def batches_since(client: Client, seen: int, wait: float = 5.0) -> dict[str, dict[str, float]]:
-    """Per handler call after log line ``seen``: {request ids: {metric: value}} from the [METRICS]
-    lines the frontend logs; each line carries the ids of the batch it was emitted for."""
+def batches_since(
+    client: Client, seen: int, until: Callable[[list[dict[str, float]]], bool], wait: float = 15.0
+) -> list[dict[str, float]]:
+    """Per handler call after log line ``seen``: {metric: value} from the [METRICS] lines the
+    frontend logs (each carries the ids of the batch it was emitted for), read again until
+    ``until`` holds or ``wait`` seconds pass: the frontend copies the worker's output on its own
+    thread, so a batch's lines can land after its answers."""
     pattern = re.compile(r"\[METRICS\](\w+)\.\w+:([\d.]+)\|.*#hostname:[^,]*,\d+,(.+?),? pattern=")
     deadline = time.time() + wait
     while True:
@@ -158,9 +162,23 @@ def batches_since(client: Client, seen: int, wait: float = 5.0) -> dict[str, dic
         for line in client.log_lines()[seen:]:
             if m := pattern.search(line):
                 batches.setdefault(m.group(3), {})[m.group(1)] = float(m.group(2))
-        if batches or time.time() > deadline:
-            return batches
+        if until(list(batches.values())) or time.time() > deadline:
+            return list(batches.values())
         time.sleep(0.2)
+
+
+def reviews_served(batches: list[dict[str, float]]) -> list[float]:
+    return [b["imdb_reviews_total"] for b in batches if "imdb_reviews_total" in b]
+
+
+def a_mixed_batch(batches: list[dict[str, float]]) -> bool:
+    """One handler call explained some of its reviews and only predicted others."""
+    return any(0 < b.get("imdb_explanations_total", 0) < b.get("imdb_reviews_total", 0) for b in batches)
+
+
+def an_error_beside_answers(batches: list[dict[str, float]]) -> bool:
+    """One handler call answered reviews and refused a request."""
+    return any(b.get("imdb_request_errors_total") and b.get("imdb_reviews_total") for b in batches)
 
 
 def top_token(answer: dict, sign: int) -> str:
@@ -219,7 +237,7 @@ def test_eight_concurrent_requests_are_batched_and_answered_as_when_alone(ts: Cl
         if kind == "explanations":
             assert together["tokens"] == single["tokens"]
             assert together["attributions"] == pytest.approx(single["attributions"], abs=TOL)
-    served = [b["imdb_reviews_total"] for b in batches_since(ts, seen).values() if "imdb_reviews_total" in b]
+    served = reviews_served(batches_since(ts, seen, until=lambda b: sum(reviews_served(b)) >= 8))
     assert sum(served) == 8 and max(served) > 1, f"no batch of several requests: {served}"
 
 
@@ -230,8 +248,8 @@ def test_a_batch_mixing_explain_and_predict_answers_each_as_asked(ts: Client) ->
     assert [r.status_code for r in responses] == [200] * 4
     for kind, r in zip(kinds, responses):
         assert ("attributions" in r.json() and "tokens" in r.json()) == (kind == "explanations")
-    batches = batches_since(ts, seen).values()
-    assert any(0 < b.get("imdb_explanations_total", 0) < b.get("imdb_reviews_total", 0) for b in batches), list(batches)
+    batches = batches_since(ts, seen, until=a_mixed_batch)
+    assert a_mixed_batch(batches), batches
 
 
 BAD_REQUESTS = {  # body, content type, what the message must mention
@@ -259,8 +277,8 @@ def test_a_bad_request_in_a_concurrent_batch_gets_its_4xx_and_the_others_200(ts:
     error = responses[1].json()
     assert error["code"] == 400 and hint in error["message"], error
     assert all(r.json()["label"] == "neg" for i, r in enumerate(responses) if i != 1)
-    batches = batches_since(ts, seen).values()
-    assert any(b.get("imdb_request_errors_total") and b.get("imdb_reviews_total") for b in batches), list(batches)
+    batches = batches_since(ts, seen, until=an_error_beside_answers)
+    assert an_error_beside_answers(batches), batches
 
 
 def scrape(client: Client) -> dict[str, float]:
@@ -375,7 +393,7 @@ def test_eight_concurrent_kserve_requests_are_batched_and_answered_as_when_alone
             if explain:
                 assert together["tokens"] == one["tokens"]
                 assert together["attributions"] == pytest.approx(one["attributions"], abs=TOL)
-    served = [b["imdb_reviews_total"] for b in batches_since(kserve, seen).values() if "imdb_reviews_total" in b]
+    served = reviews_served(batches_since(kserve, seen, until=lambda b: sum(reviews_served(b)) >= 16))
     assert sum(served) == 16 and max(served) > 2, f"no batch of several KServe requests: {served}"
 
 
