@@ -11,7 +11,8 @@ reviews of 7 to 512+ tokens side by side in each batch of the shipped batchSize 
 ``--per-request N`` sends N reviews per request instead, as KServe v1 ``instances`` (what a bulk
 client does); rates are then reviews/s, and the in-process handler gets the very same bodies.
 
-For each batchSize (maxBatchDelay as model-config.yaml ships it; 0 for batchSize 1) it builds a
+For each batchSize (maxBatchDelay as model-config.yaml ships it or ``--max-batch-delay``; 0 for
+batchSize 1, where there is no batch to wait for) it builds a
 .mar and starts TorchServe on free loopback ports in a temporary directory. Then, for each kind and
 number of concurrent clients, back to back: the real handler in-process (handler/inprocess.py)
 answers every request body, min(concurrency, batchSize) bodies per call (the reference: the most

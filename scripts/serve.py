@@ -248,9 +248,10 @@ def settled_failure(server: Server, cause: str, grace: float = 5.0) -> str:
     """The failure once the worker's own words are in: TorchServe's frontend copies the worker's
     output into model_log.log on other threads than the one that logs the death to ts_log.log, so
     the "Failed to load model" line can land a moment after the death. Waits up to ``grace``
-    seconds for it (or for TorchServe to exit), then gives the fullest cause seen."""
+    seconds for it, less if TorchServe has exited (its logs are then complete), and gives the
+    fullest cause seen."""
     deadline = time.time() + grace
-    while not cause.startswith("cause: ") and time.time() < deadline:
+    while not cause.startswith(("cause: ", "TorchServe exited")) and time.time() < deadline:
         time.sleep(0.2)
         cause = failure(server) or cause
     return cause
