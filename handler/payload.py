@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from handler.attribution import Attribution, IGSettings
@@ -35,6 +35,9 @@ from handler.attribution import Attribution, IGSettings
 PHRASES = {400: "Bad Request", 413: "Payload Too Large"}
 # The request options a client may send, and their JSON types.
 OPTION_TYPES = {"method": str, "n_steps": int, "adaptive": bool, "rtol": float, "ties": str}
+# The Open Inference Protocol tensors (v2): reviews in as BYTES elements of any input (declared as
+# "text"), answers out as one BYTES output, one JSON-encoded answer per review, in input order.
+INPUT, OUTPUT = "text", "answer"
 _NAME_CHARS = 40
 
 
@@ -73,30 +76,35 @@ class Review:
 
 @dataclass
 class Request:
-    """One TorchServe row as a list of instances, each to go through ``review``.
+    """One request as a list of instances, each to go through ``review``.
 
     ``protocol`` is None for a plain request (its one instance is the body itself), else "v1" or
-    "v2". For v2, ``inputs`` keeps (name, number of reviews) per input in order, so that the
-    answers can be split back into outputs, and ``id`` the body's id.
+    "v2"; for v2, ``id`` is the body's id.
     """
 
     instances: list[Any]
     protocol: str | None = None
-    inputs: list[tuple[str, int]] = field(default_factory=list)
     id: str | None = None
 
 
 # --- bodies -------------------------------------------------------------------------------------
 
 
-def read_body(row: Any, limits: Limits) -> dict | str:
-    """A TorchServe row -> the parsed JSON object or the review text, by the content-type rule."""
+def torchserve_row(row: Any) -> tuple[Any, dict | None]:
+    """(body, form fields) of a TorchServe row: ``{"body"|"data": ...}`` (bytes, or the object of
+    a JSON-typed body), or a form body's fields (the frontend's dict for ``x-www-form-urlencoded``)."""
     if isinstance(row, dict) and ("body" in row or "data" in row):
-        body = row["data"] if row.get("data") is not None else row.get("body")
-    elif isinstance(row, dict):
-        return _form(row, limits)
-    else:
-        body = row
+        return (row["data"] if row.get("data") is not None else row.get("body")), None
+    if isinstance(row, dict):
+        return None, row
+    return row, None
+
+
+def read_body(body: Any, limits: Limits, form: dict | None = None) -> dict | str:
+    """A body (bytes, text or parsed JSON) or a form's fields -> the parsed JSON object or the
+    review text, by the content-type rule."""
+    if form is not None:
+        return _form(form, limits)
     if isinstance(body, (bytes, bytearray)):
         body = _utf8(body, limits)
     if isinstance(body, str):
@@ -202,9 +210,22 @@ def _v2_request(body: dict, limits: Limits) -> Request:
         if math.prod(shape) != len(data):
             raise RequestError(f"input {name} has shape {shape} but {len(data)} data elements")
         request.instances += data
-        request.inputs.append((item["name"], len(data)))
     _instances(request.instances, "'inputs'", limits)  # the limit holds for the request, not per input
+    requested_outputs(body.get("outputs"))
     return request
+
+
+def requested_outputs(outputs: Any) -> None:
+    """A v2 request may name the outputs it wants; this model has one, ``answer``."""
+    if outputs is None:
+        return
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise RequestError("'outputs' must be a list of objects with a 'name'")
+    unknown = [o["name"] for o in outputs if o["name"] != OUTPUT]
+    if unknown:
+        raise RequestError(f"unknown output {quoted(unknown[0])}; this model's output is '{OUTPUT}'")
 
 
 def envelope_instance(item: Any) -> Any:
@@ -321,12 +342,11 @@ def kserve_response(
 ) -> dict:
     """The KServe answer of one request; ``answers`` holds one dict (or error body) per instance.
 
-    v2 outputs mirror the inputs: one output per input, named like it, with one answer per review.
+    v2: one BYTES output ``answer`` with one element per review, each the answer's compact JSON (a
+    tensor element is a string; a JSON object there would be read back as the client's repr).
     """
     if request.protocol == "v1":
         return {"explanations" if explain else "predictions": answers}
-    outputs, start = [], 0
-    for name, n in request.inputs:
-        outputs.append({"name": name, "shape": [n], "datatype": "BYTES", "data": answers[start : start + n]})
-        start += n
-    return {"id": request.id or request_id, "model_name": model_name, "model_version": version, "outputs": outputs}
+    data = [json.dumps(a, separators=(",", ":")) for a in answers]
+    output = {"name": OUTPUT, "shape": [len(data)], "datatype": "BYTES", "data": data}
+    return {"id": request.id or request_id, "model_name": model_name, "model_version": version, "outputs": [output]}

@@ -27,7 +27,7 @@ SHORT = ["A fine film.", "Dull.", "It was a fantastic performance !", "terrible 
 def answers(artifacts: Path, texts: list[str], gpu_id: int | None, explain: bool) -> tuple[str, list[dict]]:
     """(the handler's device, its answers) with every text in one batch."""
     handler, context = local_handler(artifacts, batch_size=len(texts), gpu_id=gpu_id)
-    return str(handler.device), answer(handler, context, texts, explain)
+    return str(handler.core.device), answer(handler, context, texts, explain)
 
 
 def worst_difference(device: list[dict], cpu: list[dict]) -> float:

@@ -247,7 +247,7 @@ def compare_with_local(container_url: str, local: serve.Server) -> list[str]:
     want = request(local.inference + f"/explanations/{MODEL}", {"text": REVIEW}, token)[1]
     if v1[0] != 200 or not close(v1[1]["explanations"][0], want):
         raise AssertionError(f"KServe v1 :explain differs: {v1}")
-    if v2[0] != 200 or v2[1]["outputs"][0]["data"][0]["label"] != want["label"]:
+    if v2[0] != 200 or json.loads(v2[1]["outputs"][0]["data"][0])["label"] != want["label"]:
         raise AssertionError(f"KServe v2 infer: {v2}")
     return checked + ["KServe v1 :explain equal, v2 infer answered"]
 

@@ -308,7 +308,7 @@ def kserve_request(flavour: str, explain: bool, texts: list[str]) -> tuple[str, 
 def kserve_answers(flavour: str, body: dict, explain: bool) -> list[dict]:
     if flavour == "v1":
         return body["explanations" if explain else "predictions"]
-    return body["outputs"][0]["data"]
+    return [json.loads(e) for e in body["outputs"][0]["data"]]
 
 
 @pytest.mark.integration

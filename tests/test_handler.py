@@ -244,15 +244,15 @@ def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shap
         "model_version": "1.0",
     }
     (output,) = out[2]["outputs"]
-    assert (output["name"], output["shape"], output["datatype"], len(output["data"])) == ("input-0", [2], "BYTES", 2)
-    assert out[4]["id"] == "4" and out[4]["outputs"][0]["name"] == "a"  # no body id: TorchServe's request id
+    assert (output["name"], output["shape"], output["datatype"], len(output["data"])) == ("answer", [2], "BYTES", 2)
+    assert out[4]["id"] == "4" and out[4]["outputs"][0]["name"] == "answer"  # no body id: TorchServe's request id
     # every review is answered as when alone, and explained only in the explain requests
     together = [
         out[0],
         *out[1]["predictions"],
-        *output["data"],
+        *map(json.loads, output["data"]),
         *out[3]["explanations"],
-        out[4]["outputs"][0]["data"][0],
+        json.loads(out[4]["outputs"][0]["data"][0]),
     ]
     alone_rows = [
         (CORPUS[0], False),
@@ -286,7 +286,7 @@ def test_kserve_bad_instances_are_answered_inline_and_fail_the_request_only_when
     assert status == [200, 400, 400, 200]
     bad, good, empty = out[0]["predictions"]
     assert bad["code"] == 400 and "string" in bad["message"] and empty["code"] == 400 and good["label"]
-    assert [a["code"] for a in out[1]["outputs"][0]["data"]] == [400, 400]
+    assert [json.loads(a)["code"] for a in out[1]["outputs"][0]["data"]] == [400, 400]
     assert out[2]["explanations"][0]["code"] == 400
 
 
@@ -345,7 +345,7 @@ def test_a_lone_surrogate_and_a_5000_digit_integer_are_400s_and_the_rest_is_unch
 
 
 def test_a_tokenizer_failure_is_that_reviews_400(handler, model_dir, metrics, monkeypatch):
-    import handler.sentiment_handler as module
+    import handler.core as module
 
     real = module.tokenize
 

@@ -357,8 +357,8 @@ def kserve_answers(flavour: str, r: requests.Response, explain: bool) -> list[di
         return body["explanations" if explain else "predictions"]
     assert (body["id"], body["model_name"], body["model_version"]) == ("req-1", MODEL, "1.0"), body
     (output,) = body["outputs"]
-    assert (output["name"], output["datatype"], output["shape"]) == ("reviews", "BYTES", [len(output["data"])])
-    return output["data"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("answer", "BYTES", [len(output["data"])])
+    return [json.loads(e) for e in output["data"]]  # each element one answer's JSON
 
 
 @pytest.mark.parametrize("flavour", ["v1", "v2"])

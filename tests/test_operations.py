@@ -241,10 +241,6 @@ def test_torchserves_default_metrics_stay_beside_ours(shared: Shared) -> None:
     assert re.search(r'\nts_inference_requests_total\{model_name="neighbour"', text)
 
 
-@pytest.mark.skipif(
-    "imdb_reviews_total" not in (REPO / "handler" / "sentiment_handler.py").read_text(),
-    reason="the handler does not emit the contract's metric names yet (handler branch)",
-)
 def test_custom_metrics_are_prometheus_counters_and_histograms_with_a_version(shared: Shared) -> None:
     assert shared.predict(MODEL, b'{"text": "Best film ever"}').status_code == 200
     assert shared.predict(MODEL, b'{"text": 5}').status_code == 400

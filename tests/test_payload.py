@@ -16,8 +16,16 @@ from handler.payload import (
     prediction,
     read_body,
     review,
+    torchserve_row,
 )
 from handler.settings import HandlerSettings
+
+
+def read_row(row, limits):
+    """A TorchServe row read as the handler reads it (``torchserve_row``, then ``read_body``)."""
+    body, form = torchserve_row(row)
+    return read_body(body, limits, form)
+
 
 DEFAULTS = HandlerSettings().explain.ig(on_gpu=False)
 LIMITS = Limits(DEFAULTS, max_chars=2000, max_instances=4)
@@ -25,7 +33,7 @@ LIMITS = Limits(DEFAULTS, max_chars=2000, max_instances=4)
 
 def decode(row, limits: Limits = LIMITS):
     """A plain request's one review, as the handler reads it: body, request, review."""
-    (instance,) = parse_request(read_body(row, limits), limits).instances
+    (instance,) = parse_request(read_row(row, limits), limits).instances
     return review(instance, limits)
 
 
@@ -191,7 +199,7 @@ def test_kserve_v1_instances_each_become_a_review():
         {"body": b'{"instances": [{"text": "Great film"}, "Bad film"]}'},
         {"body": '{"instances": [{"text": "Great film"}, "Bad film"]}'},  # sent as text/plain
     ):
-        request = parse_request(read_body(row, LIMITS), LIMITS)
+        request = parse_request(read_row(row, LIMITS), LIMITS)
         assert request.protocol == "v1"
         assert [review(i, LIMITS).text for i in request.instances] == ["Great film", "Bad film"]
 
@@ -202,7 +210,7 @@ def test_kserve_v2_data_elements_each_become_a_review():
         "inputs": [v2_input("a", "Great film", "Bad film"), v2_input("b", {"text": "Fine", "n_steps": 8})],
     }
     request = parse_request(body, LIMITS)
-    assert (request.protocol, request.id, request.inputs) == ("v2", "r-1", [("a", 2), ("b", 1)])
+    assert (request.protocol, request.id) == ("v2", "r-1")
     reviews = [review(i, LIMITS) for i in request.instances]
     assert [r.text for r in reviews] == ["Great film", "Bad film", "Fine"] and reviews[2].settings.n_steps == 8
     assert parse_request({"id": " ", "inputs": [v2_input("a", "x")]}, LIMITS).id is None
@@ -222,6 +230,8 @@ def test_kserve_v2_data_elements_each_become_a_review():
         ({"inputs": [v2_input("a", "ok", "ok", shape=[3])]}, "shape [3]"),
         ({"inputs": [v2_input("a", shape=[0])]}, "non-empty list"),
         ({"inputs": [v2_input("a", "ok", "ok", "ok"), v2_input("b", "ok", "ok")]}, "at most 4"),
+        ({"inputs": [v2_input("a", "ok")], "outputs": [{"name": "text"}]}, "unknown output"),
+        ({"inputs": [v2_input("a", "ok")], "outputs": {"name": "answer"}}, "list of objects"),
     ],
 )
 def test_malformed_kserve_bodies_are_a_400_for_the_request(body, words):
@@ -230,23 +240,27 @@ def test_malformed_kserve_bodies_are_a_400_for_the_request(body, words):
     assert err.value.code == 400 and words in str(err.value)
 
 
-def test_kserve_answers_v1_by_kind_and_v2_one_output_per_input():
+def test_kserve_answers_v1_by_kind_and_v2_as_one_output_of_json_strings():
     answers = [{"label": "pos"}, {"label": "neg"}, {"code": 400, "type": "BadRequest", "message": "empty"}]
     v1 = Request(["x", "y", "z"], "v1")
     assert kserve_response(v1, answers, False, "7", "m", "1.0") == {"predictions": answers}
     assert kserve_response(v1, answers, True, "7", "m", "1.0") == {"explanations": answers}
-    v2 = Request(["x", "y", "z"], "v2", inputs=[("a", 2), ("b", 1)])
-    assert kserve_response(v2, answers, False, "7", "m", "1.0") == {
+    v2 = Request(["x", "y", "z"], "v2")
+    got = kserve_response(v2, answers, False, "7", "m", "1.0")
+    assert got == {
         "id": "7",
         "model_name": "m",
         "model_version": "1.0",
-        "outputs": [
-            {"name": "a", "shape": [2], "datatype": "BYTES", "data": answers[:2]},
-            {"name": "b", "shape": [1], "datatype": "BYTES", "data": answers[2:]},
-        ],
+        "outputs": [{"name": "answer", "shape": [3], "datatype": "BYTES", "data": got["outputs"][0]["data"]}],
     }
+    assert [json.loads(e) for e in got["outputs"][0]["data"]] == answers  # each element a JSON string
     v2.id = "mine"
     assert kserve_response(v2, answers, True, "7", "m", None)["id"] == "mine"
+
+
+def test_a_v2_request_may_ask_for_the_answer_output_by_name():
+    body = {"inputs": [v2_input("text", "ok")], "outputs": [{"name": "answer", "parameters": {"binary_data": False}}]}
+    assert parse_request(body, LIMITS).instances == ["ok"]
 
 
 def test_json_round_trip_of_an_error_body_is_ascii():

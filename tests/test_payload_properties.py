@@ -11,8 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_handler import CORPUS, handler, make_context, metrics, model_dir  # noqa: F401 (fixtures)
 
-from handler.payload import OPTION_TYPES, Limits, RequestError, parse_request, read_body, review
+from handler.payload import OPTION_TYPES, Limits, RequestError, parse_request, read_body, review, torchserve_row
 from handler.settings import HandlerSettings
+
+
+def read_row(row, limits):
+    """A TorchServe row read as the handler reads it (``torchserve_row``, then ``read_body``)."""
+    body, form = torchserve_row(row)
+    return read_body(body, limits, form)
+
 
 LIMITS = Limits(HandlerSettings().explain.ig(on_gpu=False), max_chars=3000, max_instances=4)
 
@@ -48,7 +55,7 @@ rows = bodies.map(lambda b: {"body": b}) | form
 def answer_or_error(row) -> list:
     """What the handler does with a row, without the model: each review decoded, or a RequestError."""
     try:
-        request = parse_request(read_body(row, LIMITS), LIMITS)
+        request = parse_request(read_row(row, LIMITS), LIMITS)
     except RequestError as err:
         return [err]
     out = []
