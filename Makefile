@@ -1,4 +1,4 @@
-# usage: make serve | make test | make lint | make stop | make train | make evaluate | make calibrate | make mar [VERSION=2.0]
+# usage: make serve | make serve-kserve | make test | make lint | make stop | make train | make evaluate | make calibrate | make mar [VERSION=2.0]
 #        make bench [QUICK=1] | make bench-served | make soak | make chaos (slow reliability runs, docs/reliability.md)
 #        make image | make image-test (slow: docs/deploy.md)
 SHELL := /bin/bash
@@ -10,7 +10,7 @@ ARTIFACTS ?= model_store/artifacts
 VERSION ?= 1.0
 MAR := model_store/imdb_sentiment$(if $(filter-out 1.0,$(VERSION)),-$(VERSION),).mar
 
-.PHONY: install mar serve stop status test lint train evaluate calibrate bench bench-served soak chaos clean image image-test
+.PHONY: install mar serve serve-kserve stop status test lint train evaluate calibrate bench bench-served soak chaos clean image image-test
 
 install: $(VENV)/.installed
 
@@ -28,11 +28,17 @@ $(MAR): $(VENV)/.installed $(wildcard handler/*.py) $(wildcard $(ARTIFACTS)/*) m
 serve: mar
 	$(PY) scripts/serve.py start
 
+# The same archive on KServe's Python model server (kserve_server/), HTTP on 127.0.0.1:8085.
+serve-kserve: mar
+	$(PY) scripts/serve_kserve.py start
+
 stop:
 	$(PY) scripts/serve.py stop
+	$(PY) scripts/serve_kserve.py stop
 
 status:
 	$(PY) scripts/serve.py status
+	$(PY) scripts/serve_kserve.py status
 
 lint: install
 	$(VENV)/bin/ruff check .
