@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import kserve_helpers
 import numpy as np
 import pytest
 import requests
@@ -34,59 +30,11 @@ MODEL = "imdb_sentiment"
 GOOD, BAD = "A wonderful film, moving and beautifully acted.", "The worst movie I have ever seen, a waste of time."
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(port: int, *extra: str) -> subprocess.Popen:
-    args = ["--model", str(SHIPPED), "--config", str(REPO / "model-config.yaml"), "--version", "1.0"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "kserve_server", *args, "--port", str(port), *extra],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"kserve_server exited: {process.stderr.read()[-3000:]}")
-        try:
-            if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError("kserve_server did not become ready")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    port = free_port()
-    process = start(port)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
+    config = ["--config", str(REPO / "model-config.yaml"), "--version", "1.0"]
+    with kserve_helpers.running(SHIPPED, *config) as url:
+        yield url
 
 
 def post(url: str, path: str, data: bytes | str, content_type: str | None = None) -> requests.Response:
