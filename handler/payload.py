@@ -4,9 +4,10 @@ Every function here works on a single request, so one bad request becomes one 4x
 never touches the others of its batch. Each body is parsed once (``read_body``).
 
 **Content types** (one rule, for curl's defaults too). A body is JSON when its type says JSON
-(TorchServe then hands over the parsed object) or when it starts with ``{`` (after white space),
-whatever its type; it must then parse as a JSON object. Anything else is the review text.
-Options are never dropped silently: an unknown field is a 400.
+(TorchServe's worker then hands over the parsed value, or the bytes when they do not parse) or
+when it starts with ``{`` (after white space), whatever its type; it must then parse as a JSON
+object: a JSON-typed string, array, number or unparsable body is a 400, never review text. Anything
+else is the review text. Options are never dropped silently: an unknown field is a 400.
 
 A form body (``application/x-www-form-urlencoded``, curl's default for ``-d``) is decoded by
 TorchServe's frontend, which hands over only its ``name=value`` fields, URL-decoded (``+`` is a
@@ -14,7 +15,9 @@ space): a ``text`` field is the review and the other fields its options, as in J
 (``curl -d 'text=great film' -d n_steps=8``). Without a ``text`` field the body is rebuilt from
 the fields (``k=v`` joined by ``&``) and read by the rule above. A part without ``=`` never
 reaches the handler (``curl -d 'great film'`` arrives as no field at all), so a form with no
-field is a 400 that says how to send the review instead.
+field is a 400 that says how to send the review instead. A malformed percent escape
+(``text=good%``, ``text=%ZZ``) fails in the frontend's own form decoder, a 500
+(``ErrorDataDecoderException``) before any handler code runs: the frontend's to fix, documented.
 
 **Errors** keep TorchServe's own error shape, so one check serves its errors and ours:
 ``{"code": <status>, "type": "...", "message": "...", "request_id": "..."}``. User-supplied
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,6 +43,10 @@ OPTION_TYPES = {"method": str, "n_steps": int, "adaptive": bool, "rtol": float, 
 # "text"), answers out as one BYTES output, one JSON-encoded answer per review, in input order.
 INPUT, OUTPUT = "text", "answer"
 _NAME_CHARS = 40
+# What no one can see: controls (NUL, ...), format characters (U+200B zero width space, U+FEFF, ...)
+# and separators. A review made only of these is empty, as a whitespace-only one is.
+INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+JSON_KINDS = {str: "string", list: "array", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 class RequestError(ValueError):
@@ -90,11 +98,26 @@ class Request:
 # --- bodies -------------------------------------------------------------------------------------
 
 
-def torchserve_row(row: Any) -> tuple[Any, dict | None]:
-    """(body, form fields) of a TorchServe row: ``{"body"|"data": ...}`` (bytes, or the object of
-    a JSON-typed body), or a form body's fields (the frontend's dict for ``x-www-form-urlencoded``)."""
+@dataclass(frozen=True)
+class JSONTyped:
+    """A body whose content type says JSON, as the server decoded it: the parsed value, or the raw
+    bytes where they did not parse. ``read_body`` takes only a JSON object from it."""
+
+    value: Any
+
+
+def is_json_type(content_type: Any) -> bool:
+    """``application/json`` (any case, parameters such as ``charset`` ignored)."""
+    return isinstance(content_type, str) and content_type.split(";")[0].strip().lower() == "application/json"
+
+
+def torchserve_row(row: Any, content_type: str | None = None) -> tuple[Any, dict | None]:
+    """(body, form fields) of a TorchServe row: ``{"body"|"data": ...}`` (bytes, text, or what the
+    worker made of a JSON-typed body), or a form body's fields (the frontend's dict for
+    ``x-www-form-urlencoded``). ``content_type``: the body's type, as the frontend passed it."""
     if isinstance(row, dict) and ("body" in row or "data" in row):
-        return (row["data"] if row.get("data") is not None else row.get("body")), None
+        body = row["data"] if row.get("data") is not None else row.get("body")
+        return (JSONTyped(body) if is_json_type(content_type) else body), None
     if isinstance(row, dict):
         return None, row
     return row, None
@@ -105,6 +128,8 @@ def read_body(body: Any, limits: Limits, form: dict | None = None) -> dict | str
     review text, by the content-type rule."""
     if form is not None:
         return _form(form, limits)
+    if isinstance(body, JSONTyped):
+        return _json_object(body.value, limits)
     if isinstance(body, (bytes, bytearray)):
         body = _utf8(body, limits)
     if isinstance(body, str):
@@ -129,17 +154,31 @@ def _sniff(text: str) -> dict | str:
     """Text that starts with ``{`` is JSON and must parse as an object; other text is the review."""
     if not text.lstrip().startswith("{"):
         return text
+    parsed = _parse(text, "looks like JSON but")
+    if not isinstance(parsed, dict):
+        raise RequestError("request body looks like JSON but is not an object")
+    return parsed
+
+
+def _json_object(value: Any, limits: Limits) -> dict:
+    """A JSON-typed body (``JSONTyped.value``) -> its object; anything else is a 400."""
+    if isinstance(value, (bytes, bytearray)):  # the worker could not parse it: say why
+        value = _parse(_utf8(value, limits), "is typed application/json but")
+    if not isinstance(value, dict):
+        kind = JSON_KINDS.get(type(value), type(value).__name__)
+        raise RequestError(f"request body is typed application/json but is a JSON {kind}, not an object with 'text'")
+    return value
+
+
+def _parse(text: str, what: str) -> Any:
     try:
-        parsed = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise RequestError(f"request body looks like JSON but does not parse: {e.msg} at char {e.pos}") from None
+        raise RequestError(f"request body {what} does not parse: {e.msg} at char {e.pos}") from None
     except RecursionError:  # hostile nesting, e.g. {"a": {"a": ... 100,000 levels
         raise RequestError("request body nests JSON too deeply") from None
     except ValueError as e:  # e.g. an integer beyond Python's int-digit limit
         raise RequestError(f"request body has a JSON value Python cannot read: {str(e)[:80]}") from None
-    if not isinstance(parsed, dict):
-        raise RequestError("request body looks like JSON but is not an object")
-    return parsed
 
 
 def _form(fields: dict, limits: Limits) -> dict | str:
@@ -285,11 +324,18 @@ def _check_text(text: str, limits: Limits) -> str:
         raise RequestError(f"review is longer than {limits.max_chars} characters", 413)
     if not text.strip():
         raise RequestError("review text is empty")
+    if not _visible(text):
+        raise RequestError("review text is empty: it has only invisible characters (controls, format characters)")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate, e.g. an escaped "\ud800" in JSON
         raise RequestError(f"review text is not valid Unicode (character {e.start})") from None
     return text
+
+
+def _visible(text: str) -> bool:
+    """Whether any character is not INVISIBLE (stops at the first: a real review's first letter)."""
+    return any(unicodedata.category(c) not in INVISIBLE for c in text)
 
 
 # --- answers ------------------------------------------------------------------------------------

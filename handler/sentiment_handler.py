@@ -47,8 +47,15 @@ class SentimentHandler(BaseHandler):
     def _inbound(self, i: int, row, per_request: bool) -> Inbound:
         inbound = Inbound(row, self._explain(i if per_request else 0), self._request_id(i), not per_request)
         if per_request:
-            inbound.body, inbound.form = payload.torchserve_row(row)
+            inbound.body, inbound.form = payload.torchserve_row(row, self._body_type(i))
         return inbound
+
+    def _body_type(self, row: int) -> str | None:
+        """The body's content type: the worker files it under the body's name, ``body``."""
+        try:
+            return (self.context.get_request_header(row, "body") or {}).get("content-type")
+        except (IndexError, AttributeError):
+            return None
 
     def inference(self, batch: Batch, *args, **kwargs) -> Batch:
         return self.core.infer(batch)

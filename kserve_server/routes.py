@@ -24,6 +24,7 @@ from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from pydantic import ValidationError
 
+from handler import payload
 from handler.core import Inbound
 from kserve_server.batcher import QueueFull
 from kserve_server.model import SentimentModel
@@ -104,15 +105,16 @@ def _missing(model: SentimentModel, name: str, version: str | None) -> str | Non
 
 
 def _torchserve_inbound(raw: bytes, content_type: str) -> Inbound:
-    """The request as TorchServe's frontend would hand it to the handler: a JSON-typed body parsed,
-    a form with a ``text`` field as its fields; everything else the raw bytes (so a form without
+    """The request as TorchServe's frontend would hand it to the handler: a JSON-typed body parsed
+    (and marked so: only an object is a request, a JSON string or an unparsable body is a 400), a
+    form with a ``text`` field as its fields; everything else the raw bytes (so a form without
     ``name=value`` fields, ``curl -d 'great movie'``, is the review, where TorchServe drops it)."""
     kind = content_type.split(";")[0].strip().lower()
-    if kind == "application/json":
+    if payload.is_json_type(kind):
         try:
-            return Inbound(orjson.loads(raw))
-        except orjson.JSONDecodeError:
-            return Inbound(raw)
+            return Inbound(payload.JSONTyped(orjson.loads(raw)))
+        except orjson.JSONDecodeError:  # the payload's own parser says why (or reads what orjson refuses)
+            return Inbound(payload.JSONTyped(raw))
     if kind == "application/x-www-form-urlencoded":
         fields = urllib.parse.parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
         if any(k == "text" for k, _ in fields):

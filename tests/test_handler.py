@@ -124,6 +124,8 @@ BAD_REQUESTS = {
     "unknown method": ({"text": "Best film ever", "method": "simpson"}, 400),
     "rtol out of range": ({"text": "Best film ever", "rtol": 2.0}, 400),
     "empty after tokenizing": (b"<br /><br />", 400),
+    "only zero width spaces": ("\u200b" * 3, 400),
+    "only NUL bytes": (b"\x00" * 20, 400),
     "too long": ("x" * 100_001, 413),
 }
 
@@ -453,3 +455,21 @@ def test_replies_are_compact_json_text_with_a_json_content_type(handler, model_d
     assert [ctx.get_response_content_type(i) for i in range(2)] == ["application/json"] * 2
     explained, failed = (json.loads(r) for r in raw)
     assert "attributions" in explained and failed["code"] == 400
+
+
+def test_a_json_typed_body_that_is_not_an_object_is_a_400_beside_answers(handler, model_dir, metrics) -> None:
+    """The worker decodes a JSON-typed body itself (the value, or its bytes when it does not parse)
+    and files the body's type under its name, ``body``: the handler reads the type there."""
+    typed = {"body": {"content-type": "application/json"}}
+    rows = [
+        ({"body": "just a string"}, typed),  # '"just a string"'
+        ({"body": b"good movie]"}, typed),  # does not parse: the worker forwards the bytes
+        ({"body": {"text": "Best film ever"}}, typed),
+        ({"body": "just a string"}, {"body": {"content-type": "text/plain"}}),  # text: the review
+        ({"body": b"good movie]"}, {}),  # no type
+    ]
+    ctx = make_context(model_dir, metrics, [{"explain": "False", **headers} for _, headers in rows])
+    replies = encode_and_parse(handler.handle([row for row, _ in rows], ctx), ctx)
+    assert [r.status for r in replies] == [400, 400, 200, 200, 200]
+    assert "JSON string" in replies[0].body["message"] and "does not parse" in replies[1].body["message"]
+    assert replies[3].body["n_tokens"] == 3 and replies[4].body["n_tokens"] == 3

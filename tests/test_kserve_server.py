@@ -73,6 +73,23 @@ def test_torchserve_route_errors_keep_torchserves_shape(url: str) -> None:
     assert bad_percent.status_code == 200 and bad_percent.json()["n_tokens"] >= 1  # no 500 for a stray %
 
 
+@pytest.mark.parametrize("body", ['"just a string"', "good movie]", '["A wonderful film"]', "5", ""])
+def test_a_json_typed_body_that_is_not_a_json_object_is_a_400(url: str, body: str) -> None:
+    r = post(url, f"/predictions/{MODEL}", body, "application/json")
+    assert r.status_code == 400 and r.json()["type"] == "BadRequest", r.text
+    assert "application/json" in r.json()["message"]
+    assert post(url, f"/predictions/{MODEL}", body or "x", "text/plain").status_code == 200  # as text: a review
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b\u200b", "\x00" * 20])
+def test_a_review_of_only_invisible_characters_is_a_400(url: str, text: str) -> None:
+    for r in (
+        post(url, f"/predictions/{MODEL}", text, "text/plain"),
+        post(url, f"/predictions/{MODEL}", json.dumps({"text": text}), "application/json"),
+    ):
+        assert r.status_code == 400 and "invisible" in r.json()["message"], r.text
+
+
 # --- KServe's own routes ------------------------------------------------------------------------
 
 

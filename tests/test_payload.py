@@ -21,9 +21,9 @@ from handler.payload import (
 from handler.settings import HandlerSettings
 
 
-def read_row(row, limits):
+def read_row(row, limits, content_type=None):
     """A TorchServe row read as the handler reads it (``torchserve_row``, then ``read_body``)."""
-    body, form = torchserve_row(row)
+    body, form = torchserve_row(row, content_type)
     return read_body(body, limits, form)
 
 
@@ -31,9 +31,9 @@ DEFAULTS = HandlerSettings().explain.ig(on_gpu=False)
 LIMITS = Limits(DEFAULTS, max_chars=2000, max_instances=4)
 
 
-def decode(row, limits: Limits = LIMITS):
+def decode(row, limits: Limits = LIMITS, content_type=None):
     """A plain request's one review, as the handler reads it: body, request, review."""
-    (instance,) = parse_request(read_row(row, limits), limits).instances
+    (instance,) = parse_request(read_row(row, limits, content_type), limits).instances
     return review(instance, limits)
 
 
@@ -140,6 +140,57 @@ def test_user_supplied_names_reach_the_message_escaped_and_short(name):
         message = str(err.value)
         assert message.isascii() and "\n" not in message and len(message) < 200, message
         assert err.value.phrase.isascii() and len(err.value.phrase) <= 20
+
+
+# What TorchServe 0.12's worker hands over for a JSON-typed body (ts/protocol/otf_message_handler.py,
+# _retrieve_input_data: json.loads of the body, or the raw bytes when that fails).
+JSON_TYPED_NOT_OBJECTS = [
+    ({"body": "just a string"}, "JSON string"),  # '"just a string"'
+    ({"body": b"good movie]"}, "does not parse"),  # 'good movie]': the worker forwards the bytes
+    ({"body": b"good movie"}, "does not parse"),
+    ({"body": [{"text": "Great film"}]}, "JSON array"),
+    ({"body": ["Great film"]}, "JSON array"),
+    ({"body": 5}, "JSON number"),
+    ({"body": True}, "JSON boolean"),
+    ({"body": None}, "JSON null"),
+    ({"body": b"\xff\xfe"}, "UTF-8"),
+    ({"body": b'{"text": "ok", "n_steps": ' + b"9" * 5000 + b"}"}, "Python cannot read"),
+]
+
+
+@pytest.mark.parametrize("row, words", JSON_TYPED_NOT_OBJECTS)
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+def test_a_json_typed_body_that_is_not_a_json_object_is_a_400_not_a_review(row, words, content_type):
+    with pytest.raises(RequestError) as err:
+        decode(row, content_type=content_type)
+    assert err.value.code == 400 and words in str(err.value), str(err.value)
+
+
+def test_a_json_typed_object_is_read_and_untyped_bodies_keep_their_rule():
+    assert decode({"body": {"text": "Great film"}}, content_type="application/json").text == "Great film"
+    assert decode({"body": b'{"text": "Great film"}'}, content_type="application/json").text == "Great film"
+    # The same values without a JSON type are review text (text/plain, or no type at all).
+    assert decode({"body": '"just a string"'}, content_type="text/plain").text == '"just a string"'
+    assert decode({"body": b"good movie]"}, content_type="application/octet-stream").text == "good movie]"
+    assert decode({"body": b"good movie]"}).text == "good movie]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\u200b" * 3, "\x00" * 20, "\ufeff", "\u2028\u200b\u2029", " \u200b\t\x00\u00a0\u3000\u200d \n", "\x1b\x7f"],
+)
+def test_a_review_of_only_invisible_characters_is_empty(text):
+    for row in ({"body": text}, {"body": text.encode()}, {"body": {"text": text}}):
+        with pytest.raises(RequestError, match="review text is empty") as err:
+            decode(row)
+        assert err.value.code == 400 and "invisible" in str(err.value)
+    with pytest.raises(RequestError, match="invisible"):
+        review({"text": text}, LIMITS)  # a KServe instance too
+
+
+def test_invisible_characters_inside_a_review_are_kept():
+    assert decode({"body": "\u200bGreat\x00 film\ufeff"}).text == "\u200bGreat\x00 film\ufeff"
+    assert decode({"body": "\u0301"}).text == "\u0301"  # a lone combining mark is a mark, not nothing
 
 
 def test_error_bodies_keep_torchserves_shape_and_add_the_request_id():

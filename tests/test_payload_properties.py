@@ -4,6 +4,7 @@ valid answer, never an exception, and never change the answers of the rest of th
 from __future__ import annotations
 
 import json
+import unicodedata
 
 import pytest
 from frames import encode_and_parse
@@ -11,7 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_handler import CORPUS, handler, make_context, metrics, model_dir  # noqa: F401 (fixtures)
 
-from handler.payload import OPTION_TYPES, Limits, RequestError, parse_request, read_body, review, torchserve_row
+from handler.payload import (
+    INVISIBLE,
+    OPTION_TYPES,
+    Limits,
+    RequestError,
+    parse_request,
+    read_body,
+    review,
+    torchserve_row,
+)
 from handler.settings import HandlerSettings
 
 
@@ -76,7 +86,37 @@ def test_decoding_any_row_gives_reviews_or_client_errors_never_an_exception(row)
             assert str(result).isascii() and "\n" not in str(result)
         else:
             assert result.text.strip() and len(result.text) <= LIMITS.max_chars
+            assert any(unicodedata.category(c) not in INVISIBLE for c in result.text)  # something to read
             result.text.encode("utf-8")  # spaCy gets valid Unicode only
+
+
+# What TorchServe's worker hands over for a body typed application/json: json.loads of it, or its
+# bytes where that fails.
+def as_the_worker_decodes_json(raw: bytes):
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except Exception:  # noqa: BLE001 - the worker's own catch-all
+        return raw
+
+
+json_typed = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    ours.map(lambda o: json.dumps(o).encode()),
+    st.text(max_size=100).map(lambda t: t.encode("utf-8", "surrogatepass")),
+).map(as_the_worker_decodes_json)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(json_typed)
+def test_a_json_typed_body_is_a_json_object_or_a_400_never_review_text(value):
+    body, form = torchserve_row({"body": value}, "application/json")
+    try:
+        read = read_body(body, LIMITS, form)
+    except RequestError as err:
+        assert err.code in (400, 413) and not isinstance(value, dict)
+        return
+    assert isinstance(read, dict) and read == value
 
 
 def close(a, b, tol: float = 1e-6) -> bool:

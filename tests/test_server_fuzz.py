@@ -94,6 +94,35 @@ def test_the_issue_11_reproductions_get_a_400_and_the_worker_lives(server: Clien
     assert worker_pids(server) == before
 
 
+@pytest.mark.parametrize("body", [b'"just a string"', b"good movie]", b'["great movie"]', b"5"])
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8"])
+def test_a_json_typed_body_that_is_not_a_json_object_is_a_400(server: Client, body: bytes, content_type: str) -> None:
+    # The worker parses a JSON-typed body itself (or forwards the bytes that do not parse); the
+    # handler reads the type the frontend sent with it and refuses anything but an object.
+    r = post(server, "predictions", body, content_type)
+    assert r.status_code == 400 and "application/json" in r.json()["message"], r.text
+    assert post(server, "predictions", body, "text/plain").status_code == 200  # the same bytes as text
+
+
+@pytest.mark.parametrize("body", ["\u200b\u200b\u200b".encode(), b"\x00" * 20])
+def test_a_review_of_only_invisible_characters_is_a_400(server: Client, body: bytes) -> None:
+    for content_type in ("text/plain", None):
+        r = post(server, "predictions", body, content_type)
+        assert r.status_code == 400 and "invisible" in r.json()["message"], r.text
+
+
+@pytest.mark.parametrize("body", [b"text=good%", b"text=%ZZ", b"text=good%2"])
+def test_a_bad_percent_escape_in_a_form_is_the_frontends_500_before_any_worker(server: Client, body: bytes) -> None:
+    # TorchServe 0.12's frontend decodes form bodies itself (netty's HttpPostRequestDecoder) and
+    # answers a malformed escape 500 ErrorDataDecoderException: no handler code runs, so only the
+    # frontend could make it a 4xx (README, "Content types"). The worker never sees it, and lives.
+    before = worker_pids(server)
+    r = post(server, "predictions", body, FORM)
+    assert r.status_code == 500 and "ErrorDataDecoderException" in r.text, (r.status_code, r.text[:300])
+    assert post(server, "predictions", body.replace(b"%", b"%25"), FORM).status_code == 200  # escaped: fine
+    assert worker_pids(server) == before
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
