@@ -23,7 +23,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler import payload
 from handler.core import Batch, Inbound, Reply, SentimentCore
-from handler.serving_metrics import ServingMetrics
+from handler.serving_metrics import STARTS, ServingMetrics
 
 
 class SentimentHandler(BaseHandler):
@@ -35,6 +35,7 @@ class SentimentHandler(BaseHandler):
         section = (context.model_yaml_config or {}).get("handler")
         gpu_id = context.system_properties.get("gpu_id")
         self.core = SentimentCore(model_dir, section, version, gpu_id, self.serving_metrics, context.model_name)
+        self.serving_metrics.count(STARTS, 1)
         self.initialized = True
 
     def preprocess(self, data: list) -> Batch:

@@ -4,6 +4,11 @@ Prometheus names with the dimensions ``model_name`` and ``model_version`` (decla
 ``metrics.yaml``; an undeclared one is added to the worker's cache so that it is still logged):
 counters of reviews, explanations, tokens, unknown tokens, truncated reviews and request errors,
 and histograms of the handler time of one frontend batch and the engine time per explained review.
+
+``imdb_worker_starts_total`` counts the workers that loaded the model (1 per ``initialize``; the
+frontend keeps the total across its workers' lives), so a worker that died and was restarted shows
+as a step in Prometheus, ``increase(imdb_worker_starts_total[1h]) > 1`` with one worker, even after
+the logs that said so have rolled over.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ COUNTERS = (
     "imdb_unknown_tokens_total",
     "imdb_truncated_reviews_total",
     "imdb_request_errors_total",
+    "imdb_worker_starts_total",
 )
+STARTS = "imdb_worker_starts_total"
 HISTOGRAMS = ("imdb_batch_seconds", "imdb_explanation_seconds")
 DIMENSIONS = ["model_name", "model_version"]
 

@@ -20,6 +20,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from handler import payload
 from handler.core import MODEL, Inbound, Reply, SentimentCore
+from handler.serving_metrics import STARTS
 from kserve_server.batcher import MicroBatcher
 from kserve_server.metrics import PrometheusMetrics
 
@@ -39,6 +40,7 @@ class SentimentModel(Model):
         config = yaml.safe_load(self.config.read_text()) if self.config.exists() else {}
         metrics = PrometheusMetrics(self.name, self.version)
         self.core = SentimentCore(self.model_dir, config.get("handler"), self.version, self.gpu_id, metrics, self.name)
+        metrics.count(STARTS, 1)  # imdb_worker_starts_total: 1 per process; increase() counts a restart
         batch, delay_ms = int(config.get("batchSize", 8)), float(config.get("maxBatchDelay", 2))
         self.batcher = MicroBatcher(self.core.answer, batch, delay_ms / 1000, MAX_QUEUE)
         self.ready = True

@@ -473,3 +473,13 @@ def test_a_json_typed_body_that_is_not_an_object_is_a_400_beside_answers(handler
     assert [r.status for r in replies] == [400, 400, 200, 200, 200]
     assert "JSON string" in replies[0].body["message"] and "does not parse" in replies[1].body["message"]
     assert replies[3].body["n_tokens"] == 3 and replies[4].body["n_tokens"] == 3
+
+
+def test_each_initialize_counts_one_worker_start(model_dir, metrics, caplog) -> None:
+    caplog.set_level("INFO")
+    initialized(model_dir, metrics)
+    initialized(model_dir, metrics)
+    lines = metric_lines(caplog, "imdb_worker_starts_total")
+    assert len(lines) == 2, lines
+    assert all(line.startswith("[METRICS]imdb_worker_starts_total.Count:1|") for line in lines)
+    assert all("model_name:imdb_sentiment,model_version:1.0" in line for line in lines)

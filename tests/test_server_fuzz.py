@@ -11,7 +11,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_integration import MODEL, Client, build_store, running, serve
+from test_integration import MODEL, Client, build_store, running, scrape, serve
 
 pytestmark = [
     pytest.mark.integration,
@@ -161,3 +161,4 @@ def test_the_worker_survived_the_fuzz(server: Client) -> None:
     log = (server.server.workdir / "logs" / "ts_log.log").read_text(errors="replace")
     assert "Worker disconnected" not in log and "Retry worker" not in log
     assert worker_pids(server) == server.first_pids and len(server.first_pids) == 1
+    assert scrape(server)["imdb_worker_starts_total"] == 1  # Prometheus agrees: one worker start
