@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,27 +28,28 @@ def free_port() -> int:
 def running(model: Path, *extra: str, timeout: float = 120) -> Iterator[str]:
     """The server's URL while it runs ``model`` (a .mar, or an artifacts folder with ``extra``)."""
     port = free_port()
+    log = tempfile.NamedTemporaryFile("w+", prefix="kserve_server-", suffix=".log")  # not a pipe: it would fill
     process = subprocess.Popen(
         [sys.executable, "-m", "kserve_server", "--model", str(model), "--port", str(port), *extra],
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, timeout)
+        _wait_ready(url, process, timeout, Path(log.name))
         yield url
     finally:
         _stop(process)
+        log.close()
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
+def _wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"kserve_server exited: {process.stderr.read()[-3000:]}")
+            raise RuntimeError(f"kserve_server exited: {log.read_text(errors='replace')[-3000:]}")
         try:
             if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
                 return
