@@ -13,10 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +72,42 @@ def stop(grace: float = 35) -> None:
         if _pid() is not None:
             os.killpg(pid, signal.SIGKILL)
     PID.unlink(missing_ok=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(model: Path, *extra: str, timeout: float = 120) -> Iterator[str]:
+    """A server of its own (tests, benchmarks): ``model`` on a free loopback port, its URL while it
+    runs; stopped by its process group whatever happens. Its log goes to a temporary file (a pipe
+    would fill and stall it)."""
+    port = free_port()
+    with tempfile.NamedTemporaryFile("w+", prefix="kserve_server-", suffix=".log") as log:
+        command = [sys.executable, "-m", "kserve_server", "--model", str(model), "--port", str(port), *extra]
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
+        try:
+            while not ready(url):
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"kserve_server did not become ready:\n{Path(log.name).read_text()[-3000:]}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            _terminate(process)
+
+
+def _terminate(process: subprocess.Popen, grace: float = 35) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,8 +18,8 @@ sys.path.insert(0, str(SCRIPTS))
 
 import bench_inputs  # noqa: E402
 import build_mar  # noqa: E402
-import kserve_helpers  # noqa: E402
 import serve  # noqa: E402
+import serve_kserve  # noqa: E402
 
 MODEL = "imdb_sentiment"
 TOL = 1e-6
@@ -44,7 +44,7 @@ def servers(tmp_path_factory):
     d = tmp_path_factory.mktemp("cross")
     mar = build_mar.build(SHIPPED, d / "store")
     config = serve.isolated_config(d / "config.properties")
-    with serve.running(d / "work", config, d / "store", timeout=180) as ts, kserve_helpers.running(mar) as ks:
+    with serve.running(d / "work", config, d / "store", timeout=180) as ts, serve_kserve.running(mar) as ks:
         auth = {"Authorization": f"Bearer {ts.keys()['inference']}"}
         yield (ts.inference, auth), (ks, {})
 

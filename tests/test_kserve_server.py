@@ -14,7 +14,6 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import kserve_helpers
 import numpy as np
 import pytest
 import requests
@@ -22,6 +21,7 @@ import tritonclient.http as triton
 from helpers import REPO, SHIPPED
 from kserve import InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
+from serve_kserve import running  # scripts/: on sys.path after helpers
 from tritonclient.utils import InferenceServerException
 
 from handler.serving_metrics import COUNTERS, HISTOGRAMS
@@ -33,7 +33,7 @@ GOOD, BAD = "A wonderful film, moving and beautifully acted.", "The worst movie 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     config = ["--config", str(REPO / "model-config.yaml"), "--version", "1.0"]
-    with kserve_helpers.running(SHIPPED, *config) as url:
+    with running(SHIPPED, *config) as url:
         yield url
 
 
