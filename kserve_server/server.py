@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import zipfile
 from pathlib import Path
 
@@ -54,4 +55,7 @@ def serve(model: SentimentModel, host: str, port: int, grace: int) -> None:
         FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port, grace_period=grace
     )
     rest.config.host = host  # KServe binds 0.0.0.0; loopback unless asked
+    # KServe's timing middleware logs two lines per request at INFO (kserve.trace); the access log
+    # stays, and timings are on /metrics (imdb_batch_seconds, imdb_explanation_seconds).
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     asyncio.run(rest.start())

@@ -1,9 +1,14 @@
 """Served load: a real TorchServe driven by concurrent clients, against the same handler in-process.
 
-usage: python scripts/bench_served.py [--batch-sizes 8] [--concurrency 1 8 32] [--requests 256] [--per-request 1]
+usage: python scripts/bench_served.py [--servers torchserve kserve] [--batch-sizes 8] [--concurrency 1 8 32]
+                                      [--requests 256] [--per-request 1]
                                       [--kinds explanations predictions] [--repeat 3] [--worker-threads T]
                                       [--max-batch-delay MS] [--workers N]
                                       [--artifacts DIR] [--data PATH] [--seed 0] [--out bench_results/served-cpu.json]
+
+Both servers run side by side in one run by default: TorchServe, and KServe's Python model server
+(kserve_server, the same .mar, its micro-batcher taking batchSize/maxBatchDelay from the same
+model-config.yaml); each is measured against the same in-process reference.
 
 The default run is issue 13's served mixed-length case: ``--requests`` IMDB test reviews at the
 test set's real length mix (seeded), one review per request, so that TorchServe's batching puts
@@ -37,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -52,6 +58,7 @@ from handler.text import TextSettings  # noqa: E402
 MODEL = "imdb_sentiment"
 MODEL_CONFIG = bench_inputs.REPO / "model-config.yaml"
 KINDS = ("explanations", "predictions")
+SERVERS = ("torchserve", "kserve")
 
 
 def request_bodies(texts: list[str], per_request: int) -> list[str]:
@@ -99,23 +106,38 @@ class InProcess:
         return per_s
 
 
+@dataclass
+class KServeServer:
+    """The KServe server as the load generator sees a server: a URL and (no) keys."""
+
+    inference: str
+
+    def keys(self) -> dict:
+        return {"inference": ""}
+
+
 @contextlib.contextmanager
-def torchserve(artifacts: Path, model_config: dict, worker_threads: int | None) -> Iterator:
-    """A TorchServe serving ``artifacts`` with ``model_config`` over the shipped model-config.yaml
-    (batching, workers), in its own temporary working directory on free loopback ports; stopped by
-    pid whatever happens."""
+def server(name: str, artifacts: Path, model_config: dict, worker_threads: int | None) -> Iterator:
+    """TorchServe or the KServe server serving ``artifacts`` with ``model_config`` over the shipped
+    model-config.yaml (batching, workers), built into a .mar in a temporary directory, on free
+    loopback ports; stopped by pid whatever happens."""
     import build_mar
     import serve
+    import serve_kserve
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         work, store = Path(tmp), Path(tmp) / "store"
         handler = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]
         if worker_threads is not None:
             handler["torch_threads"] = worker_threads
-        build_mar.build(artifacts, store, handler=handler, **model_config)
+        mar = build_mar.build(artifacts, store, handler=handler, **model_config)
+        if name == "kserve":
+            with serve_kserve.running(mar) as url:
+                yield KServeServer(url)
+            return
         config = serve.isolated_config(work / "config.properties", model_store=str(store))
-        with serve.running(work, config, store) as server:
-            yield server
+        with serve.running(work, config, store) as running:
+            yield running
 
 
 def pair(server, inprocess: InProcess, per_request: int, kind: str, concurrency: int, labels: dict) -> dict:
@@ -145,7 +167,7 @@ def measure(
     row = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
     row = row | {"errors": sum(r["errors"] for r in runs), "ratio_runs": [r["ratio"] for r in runs]}
     print(
-        f"  {kind:12s} batchSize={labels['batchSize']:<3d} c={concurrency:<3d} served {row['reviews_per_s']:8.1f} "
+        f"  {labels['server']:10s} {kind:12s} batchSize={labels['batchSize']:<3d} c={concurrency:<3d} served {row['reviews_per_s']:8.1f} "
         f"reviews/s (p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, errors {row['errors']}), in-process "
         f"{row['inprocess_reviews_per_s']:8.1f}: {row['ratio']:.2f} (runs {', '.join(f'{x:.2f}' for x in row['ratio_runs'])})",
         flush=True,
@@ -162,6 +184,7 @@ def set_worker_threads(worker_threads: int | None) -> None:
 
 
 SERVED_COLUMNS = {
+    "server": "server",
     "kind": "endpoint",
     "batchSize": "batchSize",
     "maxBatchDelay": "maxBatchDelay ms",
@@ -182,6 +205,7 @@ SERVED_COLUMNS = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     shipped = yaml.safe_load(MODEL_CONFIG.read_text())
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers, side by side")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[shipped["batchSize"]], help="batchSize of each .mar")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients")
     p.add_argument("--requests", type=int, default=256, help="reviews sent per kind and concurrency")
@@ -209,18 +233,19 @@ def main(argv: list[str] | None = None) -> dict:
     set_worker_threads(a.worker_threads)
     threads = "as shipped" if a.worker_threads is None else a.worker_threads or "torch default"
     inprocess, served = InProcess(a.artifacts, bodies, len(texts), a.worker_threads), []
-    for batch_size in a.batch_sizes:
+    for name, batch_size in itertools.product(a.servers, a.batch_sizes):
         delay = 0 if batch_size == 1 else a.max_batch_delay
-        labels = {"batchSize": batch_size, "maxBatchDelay": delay, "workers": a.workers, "worker_threads": threads}
+        labels = {"server": name, "batchSize": batch_size, "maxBatchDelay": delay, "workers": a.workers}
+        labels["worker_threads"] = threads
         model_config = {
             "batchSize": batch_size,
             "maxBatchDelay": delay,
             "minWorkers": a.workers,
             "maxWorkers": a.workers,
         }
-        with torchserve(a.artifacts, model_config, a.worker_threads) as server:
+        with server(name, a.artifacts, model_config, a.worker_threads) as running:
             for kind, c in itertools.product(a.kinds, a.concurrency):
-                served.append(measure(server, inprocess, a.per_request, kind, c, labels, a.repeat))
+                served.append(measure(running, inprocess, a.per_request, kind, c, labels, a.repeat))
     # What a lone request costs the handler (the c=1 case's own ceiling, maxBatchDelay aside).
     single = [{"kind": k, "requests_per_call": 1, "reviews_per_s": inprocess.rate(k, 1)} for k in a.kinds]
     path = bench_record.write(
@@ -236,12 +261,13 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n" + bench_record.markdown(rows, SERVED_COLUMNS) + "\n")
     print("in-process, one request per call: " + ", ".join(f"{r['kind']} {r['reviews_per_s']:.1f}/s" for r in single))
     print(f"JSON: {path}")
-    for kind in a.kinds:
-        for bs in a.batch_sizes:
-            cells = [
-                f"c={r['concurrency']}:{r['ratio']:.2f}" for r in served if (r["kind"], r["batchSize"]) == (kind, bs)
-            ]
-            print(f"served_vs_inprocess {kind} batchSize={bs} {' '.join(cells)}")
+    for name, kind, bs in itertools.product(a.servers, a.kinds, a.batch_sizes):
+        cells = [
+            f"c={r['concurrency']}:{r['ratio']:.2f}"
+            for r in served
+            if (r["server"], r["kind"], r["batchSize"]) == (name, kind, bs)
+        ]
+        print(f"served_vs_inprocess {name} {kind} batchSize={bs} {' '.join(cells)}")
     return bench_record.load(path)
 
 

@@ -183,7 +183,7 @@ def test_each_served_figure_is_divided_by_the_in_process_handler_measured_beside
             return 100.0
 
     monkeypatch.setattr(bench_served.bench_load, "drive", drive)
-    labels = {"batchSize": 4, "maxBatchDelay": 10, "worker_threads": "as shipped"}
+    labels = {"server": "torchserve", "batchSize": 4, "maxBatchDelay": 10, "worker_threads": "as shipped"}
     row = bench_served.measure(FakeServer(), Reference(), 2, "explanations", 8, labels, repeat=5)
     pair = [("in-process", "explanations", 4), ("served", "http://127.0.0.1:1/explanations/imdb_sentiment", "k", 2, 8)]
     assert events == pair * 5  # back to back; 8 clients fill the server's batches of 4: the reference's too
@@ -230,13 +230,14 @@ def test_a_worker_that_cannot_load_fails_the_run_at_once(tmp_path: Path) -> None
 
 @pytest.mark.integration
 def test_the_served_case_drives_a_real_torchserve_and_divides_by_the_handler(reviews_tsv: Path, tmp_path: Path) -> None:
-    """bench_served end to end on the shipped model: a .mar, TorchServe on free ports, 8 requests
-    at concurrency 1 and 2, each beside an in-process reference, and the server stopped."""
+    """bench_served end to end on the shipped model: a .mar, TorchServe and the KServe server on free
+    ports, 8 requests at concurrency 1 and 2, each beside an in-process reference, both stopped."""
     out = tmp_path / "served.json"
     argv = ["--requests", "8", "--concurrency", "1", "2", "--kinds", "explanations", "--data", str(reviews_tsv)]
     report = bench_served.main([*argv, "--out", str(out)])
     assert report["benchmark"] == "served" and report["inputs"]["token_lengths"]["n"] == 8
-    assert [(r["concurrency"], r["requests"], r["errors"]) for r in report["served"]] == [(1, 8, 0), (2, 8, 0)]
+    cells = [(r["server"], r["concurrency"], r["requests"], r["errors"]) for r in report["served"]]
+    assert cells == [(s, c, 8, 0) for s in ("torchserve", "kserve") for c in (1, 2)]
     assert [r["kind"] for r in report["handler_one_request_per_call"]] == ["explanations"]
     for r in report["served"]:
         assert r["ratio"] == r["reviews_per_s"] / r["inprocess_reviews_per_s"]
