@@ -75,13 +75,17 @@ chaos: mar
 clean:
 	rm -rf $(MAR) logs key_file.json
 
-# The container image (Dockerfile; docs/deploy.md). TAG, DEVICE (cpu|gpu), BASE_IMAGE, BUILD_ENV may be set.
-TAG ?= imdb-sentiment:1.0
+# The container image (Dockerfile; docs/deploy.md). SERVER (torchserve|kserve), TAG, DEVICE (cpu|gpu),
+# BASE_IMAGE, BUILD_ENV may be set: `make image` is TorchServe's imdb-sentiment:1.0, `make image
+# SERVER=kserve` KServe's Python model server as imdb-sentiment:1.0-kserve (the manifests' names).
+TAG ?= imdb-sentiment:1.0$(if $(filter kserve,$(SERVER)),-kserve,)
 image: mar
-	docker build -t $(TAG) --build-arg DEVICE=$(or $(DEVICE),cpu) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE),) \
-	  $(if $(BUILD_ENV),--build-arg BUILD_ENV=$(BUILD_ENV),) .
+	docker build -t $(TAG) --build-arg SERVER=$(or $(SERVER),torchserve) --build-arg DEVICE=$(or $(DEVICE),cpu) \
+	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE),) $(if $(BUILD_ENV),--build-arg BUILD_ENV=$(BUILD_ENV),) .
 
-# Builds the image on a local Debian base with a private dockerd and checks it against `make serve`
-# (minutes; run it when the Dockerfile, requirements/runtime.txt or deploy/storage/ change).
+# Builds both images (SERVER=torchserve and SERVER=kserve) on a local Debian base with a private
+# dockerd, runs each read-only and checks its answers against the same server run locally, and its
+# stop as a rolling restart stops it (minutes; run it when the Dockerfile, requirements/,
+# deploy/storage/ or kserve_server/ change; SERVERS=kserve for one).
 image-test: mar
-	$(PY) scripts/image_test.py
+	$(PY) scripts/image_test.py $(if $(SERVERS),--servers $(SERVERS),)

@@ -1,11 +1,14 @@
-"""Deployment (issue 9): the Dockerfile lint, the manifests against KServe's and Kubernetes' schemas,
-and TorchServe started exactly as the ServingRuntime starts it, answering KServe v1/v2 and the probes.
+"""Deployment (issues 9, 17, 20): the Dockerfile lint, the manifests against KServe's and Kubernetes'
+schemas, TorchServe and the KServe server started exactly as their ServingRuntimes start them,
+answering KServe v1/v2 and the probes, and a rolling restart replayed under load (scripts/drain.py)
+with the shipped preStop hooks and grace periods: no request lost.
 
-The image itself is checked by ``make image-test`` (scripts/image_test.py): minutes, not for every run.
+The images themselves are checked by ``make image-test`` (scripts/image_test.py): minutes, not for every run.
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
@@ -33,6 +36,7 @@ from helpers import REPO, SCRIPTS, SHIPPED
 sys.path.insert(0, str(SCRIPTS))
 
 import build_mar  # noqa: E402
+import drain  # noqa: E402
 import serve  # noqa: E402
 
 DEPLOY = REPO / "deploy"
@@ -46,10 +50,50 @@ def manifests(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def runtime_container() -> dict:
-    (runtime,) = manifests(DEPLOY / "kserve" / "servingruntime.yaml")
-    (container,) = runtime["spec"]["containers"]
+# ServingRuntime name -> its file; InferenceService files (each with its PodDisruptionBudget).
+RUNTIMES = {"imdb-sentiment-torchserve": "servingruntime.yaml", "imdb-sentiment-kserve": "servingruntime-kserve.yaml"}
+SERVICES = ["inferenceservice-cpu.yaml", "inferenceservice-gpu.yaml", "inferenceservice-kserve.yaml"]
+# Seconds from the stop to the exit, measured with scripts/drain.py (docs/deploy.md, "Rolling restarts"):
+# TorchServe's JVM after `torchserve --stop` (2.5-2.8 s); the KServe server's upper bound is its own --grace.
+JVM_EXIT_S = 3.0
+
+
+def of_kind(path: Path, kind: str) -> list[dict]:
+    return [doc for doc in manifests(path) if doc["kind"] == kind]
+
+
+def inferenceservice(name: str) -> dict:
+    (isvc,) = of_kind(DEPLOY / "kserve" / name, "InferenceService")
+    return isvc
+
+
+def serving_runtime(name: str = "imdb-sentiment-torchserve") -> dict:
+    (runtime,) = manifests(DEPLOY / "kserve" / RUNTIMES[name])
+    assert runtime["metadata"]["name"] == name
+    return runtime
+
+
+def runtime_container(name: str = "imdb-sentiment-torchserve") -> dict:
+    (container,) = serving_runtime(name)["spec"]["containers"]
     return container
+
+
+def deployment() -> tuple[dict, dict]:
+    """The plain Deployment and its one container."""
+    (d,) = manifests(DEPLOY / "kubernetes" / "deployment.yaml")
+    (container,) = d["spec"]["template"]["spec"]["containers"]
+    return d, container
+
+
+def dockerfile_cmds() -> dict[str, list[str]]:
+    """The exec-form CMD of each stage of the Dockerfile, by stage name."""
+    cmds, stage = {}, None
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if m := re.match(r"^FROM \S+(?: AS (\S+))?$", line):
+            stage = m.group(1)
+        elif m := re.match(r"^CMD (\[.*\])$", line):
+            cmds[stage] = json.loads(m.group(1))
+    return cmds
 
 
 # ---------------------------------------------------------------- static checks
@@ -66,35 +110,46 @@ def test_dockerfile_passes_hadolint() -> None:
 
 
 @pytest.mark.skipif(not CRD_SCHEMA.exists(), reason="KServe's CRD schema is in ../shared/kserve")
-@pytest.mark.parametrize("name", ["inferenceservice-cpu.yaml", "inferenceservice-gpu.yaml"])
+@pytest.mark.parametrize("name", SERVICES)
 def test_inferenceservice_matches_kserves_crd_schema(name: str) -> None:
     schema = json.loads(gzip.decompress(CRD_SCHEMA.read_bytes()))
     validator = jsonschema.Draft7Validator(schema)
-    (isvc,) = manifests(DEPLOY / "kserve" / name)
+    isvc = inferenceservice(name)
     errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(isvc)]
     assert not errors, errors
-    # The schema really constrains the predictor (a misspelled resources block is refused).
-    broken = deepcopy(isvc)
-    broken["spec"]["predictor"]["model"]["resources"] = [{"limits": "1Gi"}]
-    assert not validator.is_valid(broken)
+    # The schema really constrains the predictor (a misspelled resources block, a grace period in words
+    # are refused).
+    for field, value in (("resources", [{"limits": "1Gi"}]), ("terminationGracePeriodSeconds", "20s")):
+        broken = deepcopy(isvc)
+        (broken["spec"]["predictor"]["model"] if field == "resources" else broken["spec"]["predictor"])[field] = value
+        assert not validator.is_valid(broken), field
     model = isvc["spec"]["predictor"]["model"]
-    assert model["runtime"] == manifests(DEPLOY / "kserve" / "servingruntime.yaml")[0]["metadata"]["name"]
-    assert model["modelFormat"]["name"] in {f["name"] for f in runtime_supported_formats()}
+    runtime = serving_runtime(model["runtime"])["spec"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["supportedModelFormats"]}
+    assert model["protocolVersion"] in runtime["protocolVersions"]
 
 
-def runtime_supported_formats() -> list[dict]:
-    return manifests(DEPLOY / "kserve" / "servingruntime.yaml")[0]["spec"]["supportedModelFormats"]
-
-
-@pytest.mark.parametrize("name", ["deployment.yaml", "service.yaml", "networkpolicy.yaml"])
-def test_kubernetes_objects_match_the_kubernetes_schemas(name: str) -> None:
-    for doc in manifests(DEPLOY / "kubernetes" / name):
+@pytest.mark.parametrize(
+    "path",
+    [
+        *(
+            f"kubernetes/{n}"
+            for n in ("deployment.yaml", "service.yaml", "networkpolicy.yaml", "poddisruptionbudget.yaml")
+        ),
+        *(f"kserve/{n}" for n in SERVICES),  # their PodDisruptionBudgets
+    ],
+)
+def test_kubernetes_objects_match_the_kubernetes_schemas(path: str) -> None:
+    docs = [d for d in manifests(DEPLOY / path) if d["kind"] != "InferenceService"]
+    assert docs
+    for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
-def test_the_serving_runtimes_container_is_a_valid_kubernetes_container() -> None:
+@pytest.mark.parametrize("name", sorted(RUNTIMES))
+def test_the_serving_runtimes_container_is_a_valid_kubernetes_container(name: str) -> None:
     """ServingRuntime is a CRD without a schema here: its container and volumes are checked as a Pod's."""
-    (runtime,) = manifests(DEPLOY / "kserve" / "servingruntime.yaml")
+    runtime = serving_runtime(name)
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -102,16 +157,100 @@ def test_the_serving_runtimes_container_is_a_valid_kubernetes_container() -> Non
         "spec": {"containers": runtime["spec"]["containers"], "volumes": runtime["spec"]["volumes"]},
     }
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    broken = deepcopy(pod)  # the check has teeth: a preStop hook without a handler is refused
+    broken["spec"]["containers"][0]["lifecycle"] = {"preStop": {"exec": "sleep 5"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
 
 
-def test_runtime_deployment_and_image_start_torchserve_the_same_way() -> None:
-    cmd = re.search(r"^CMD (\[.*\])$", (REPO / "Dockerfile").read_text(), re.M)
-    (deployment,) = manifests(DEPLOY / "kubernetes" / "deployment.yaml")
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert json.loads(cmd.group(1)) == runtime_container()["args"] == container["args"]
-    for c in (runtime_container(), container):
-        security = {**deployment["spec"]["template"]["spec"]["securityContext"], **c["securityContext"]}
+def test_runtimes_deployment_and_images_start_their_servers_the_same_way() -> None:
+    cmds = dockerfile_cmds()
+    d, container = deployment()
+    torchserve, kserve = runtime_container(), runtime_container("imdb-sentiment-kserve")
+    assert cmds["runtime-torchserve"] == torchserve["args"] == container["args"]
+    assert cmds["runtime-kserve"] == kserve["args"]
+    assert re.search(r"^ARG SERVER=torchserve$", (REPO / "Dockerfile").read_text(), re.M)  # unchanged by default
+    for c in (torchserve, kserve, container):
+        security = {**d["spec"]["template"]["spec"]["securityContext"], **c["securityContext"]}
         assert security["runAsUser"] == 1000 and security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+        assert security["capabilities"] == {"drop": ["ALL"]} and not security["allowPrivilegeEscalation"]
+
+
+def test_the_kserve_runtime_serves_http_on_8080_with_kserves_health_probes() -> None:
+    c = runtime_container("imdb-sentiment-kserve")
+    assert [(p["containerPort"], p["protocol"]) for p in c["ports"]] == [(8080, "TCP")]
+    assert c["args"][c["args"].index("--port") + 1] == "8080" and "--grpc" not in " ".join(c["args"])
+    probes = {
+        kind: (c[kind]["httpGet"]["path"], c[kind]["httpGet"]["port"]) for kind in ("readinessProbe", "livenessProbe")
+    }
+    assert probes == {"readinessProbe": ("/v2/health/ready", 8080), "livenessProbe": ("/v2/health/live", 8080)}
+    assert c["startupProbe"]["httpGet"]["port"] == 8080
+    assert serving_runtime("imdb-sentiment-kserve")["spec"]["annotations"]["prometheus.kserve.io/port"] == "8080"
+    assert (
+        c["resources"] == runtime_container()["resources"] and c["volumeMounts"] == runtime_container()["volumeMounts"]
+    )
+
+
+def test_the_network_policies_fence_the_kserve_server_as_the_torchserve_pods() -> None:
+    fence, metrics = manifests(DEPLOY / "kubernetes" / "networkpolicy.yaml")
+    isvc = inferenceservice("inferenceservice-kserve.yaml")
+    assert fence["spec"]["podSelector"]["matchLabels"].items() <= isvc["metadata"]["labels"].items()
+    assert metrics["spec"]["podSelector"]["matchLabels"] == {
+        "serving.kserve.io/inferenceservice": isvc["metadata"]["name"]
+    }
+    (rule,) = metrics["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert [f["namespaceSelector"]["matchLabels"] for f in rule["from"]] == [
+        {"kubernetes.io/metadata.name": "monitoring"}
+    ]
+
+
+def prestop_sleep(container: dict) -> float:
+    """Seconds of the container's preStop delay (``sleep N`` in its exec hook)."""
+    command = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    return float(re.search(r"\bsleep (\d+)", command).group(1))
+
+
+def pods() -> list[tuple[str, int, dict, dict, dict]]:
+    """(name, replicas, pod spec, container, PodDisruptionBudget) of every shipped workload: each
+    InferenceService with its runtime's container, and the plain Deployment."""
+    found = []
+    for name in SERVICES:
+        isvc = inferenceservice(name)
+        predictor = isvc["spec"]["predictor"]
+        (pdb,) = of_kind(DEPLOY / "kserve" / name, "PodDisruptionBudget")
+        assert pdb["spec"]["selector"] == {
+            "matchLabels": {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
+        }
+        container = runtime_container(predictor["model"]["runtime"])
+        found.append((name, predictor["minReplicas"], predictor, container, pdb))
+        assert predictor["deploymentStrategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    d, container = deployment()
+    (pdb,) = manifests(DEPLOY / "kubernetes" / "poddisruptionbudget.yaml")
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert all(
+        e["operator"] == "DoesNotExist" and e["key"] not in labels for e in pdb["spec"]["selector"]["matchExpressions"]
+    )
+    assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    return [*found, ("deployment.yaml", d["spec"]["replicas"], d["spec"]["template"]["spec"], container, pdb)]
+
+
+@pytest.mark.parametrize("index", range(len(SERVICES) + 1))
+def test_every_workload_survives_one_pods_death_and_rolls_without_losing_requests(index: int) -> None:
+    """Issue 20: two replicas at least and a budget that keeps one; a preStop delay before the stop; a
+    grace period that covers the delay plus the measured drain (the KServe server's own --grace)."""
+    name, replicas, spec, container, pdb = pods()[index]
+    assert replicas >= 2 and pdb["spec"]["minAvailable"] == 1, name
+    delay, grace = prestop_sleep(container), spec["terminationGracePeriodSeconds"]
+    assert delay >= 5, name
+    if "kserve_server" in container["args"]:
+        drain = float(container["args"][container["args"].index("--grace") + 1])
+        assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(int(delay))]
+    else:  # the kubelet's SIGTERM does not reach TorchServe (PID 1 ignores it): the hook stops it
+        drain = JVM_EXIT_S
+        assert re.search(r"sleep \d+ && torchserve --stop$", container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert delay + drain < grace <= 2 * (delay + drain) + 5, (name, delay, drain, grace)
 
 
 def test_model_snapshot_carries_the_archives_worker_and_batch_settings() -> None:
@@ -168,8 +307,7 @@ def runtime_env(models: Path, home: Path) -> tuple[dict, dict]:
 def rendered_runtime_env(isvc: str = "inferenceservice-cpu.yaml") -> dict[str, str]:
     """The runtime's env as KServe renders it for this InferenceService: "{{.Labels.x}}" becomes the
     label's value, or "" without it (a map[string]string in Go's templates)."""
-    (service,) = manifests(DEPLOY / "kserve" / isvc)
-    labels = service["metadata"].get("labels", {})
+    labels = inferenceservice(isvc)["metadata"].get("labels", {})
     render = partial(re.sub, r"\{\{\s*\.Labels\.(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""))
     return {e["name"]: render(e["value"]) for e in runtime_container()["env"]}
 
@@ -261,8 +399,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def probes() -> list[tuple[str, dict]]:
-    (deployment,) = manifests(DEPLOY / "kubernetes" / "deployment.yaml")
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    _, container = deployment()
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     found = []
     for source, c in (("ServingRuntime", runtime_container()), ("Deployment", container)):
@@ -331,3 +468,60 @@ def test_kserve_v1_and_v2_predict_and_explain_concurrently(runtime: dict[str, st
         alone = requests.post(f"{runtime['inference']}/predictions/{MODEL}", json={"text": texts[0]}, timeout=60)
         assert answers[0]["label"] == alone.json()["label"]
         assert answers[0]["logit"] == pytest.approx(alone.json()["logit"], abs=1e-5)
+
+
+# ---------------------------------------------------------------- the KServe server as its runtime starts it
+
+
+@pytest.fixture(scope="module")
+def kserve_runtime() -> Iterator[str]:
+    """``python -m kserve_server`` with the ServingRuntime's args (/mnt/models moved, on loopback and a free
+    port), PID 1 of its own PID namespace where the tests run as root (scripts/drain.py)."""
+    root = Path(tempfile.mkdtemp(prefix="imdb-kserve-runtime-"))
+    pod = drain.start("kserve", root)
+    try:
+        yield pod.url
+    finally:
+        drain.stop(pod)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_the_kserve_runtimes_probes_and_routes_answer(kserve_runtime: str) -> None:
+    c = runtime_container("imdb-sentiment-kserve")
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        r = requests.get(kserve_runtime + c[kind]["httpGet"]["path"], timeout=10)
+        assert r.status_code == 200, (kind, r.text)
+    for flavour, explain in (("v1", False), ("v1", True), ("v2", False), ("v2", True)):
+        path, body = kserve_request(flavour, explain, TEXTS[:2])
+        r = requests.post(kserve_runtime + path, json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert [a["label"] for a in kserve_answers(flavour, r.json(), explain)] == ["pos", "pos"]
+    metrics = requests.get(kserve_runtime + "/metrics", timeout=10)
+    assert metrics.status_code == 200 and "imdb_" in metrics.text
+
+
+def rolling_restart(server: str) -> dict:
+    """scripts/drain.py with the shipped preStop hook and grace period, shortened: 4 clients, 2 s of load,
+    the load balancer routing for 1 s after the deletion."""
+    args = argparse.Namespace(server=server, clients=4, load=2.0, route=1.0, prestop="shipped", grace=None)
+    return drain.measure(args)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param(
+            "torchserve", marks=pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs java")
+        ),
+        "kserve",
+    ],
+)
+def test_a_rolling_restart_loses_no_request(server: str) -> None:
+    """The pod's deletion replayed under load: requests routed after the deletion are answered during the
+    preStop delay, nothing is in flight at the stop, and the server exits by itself within the grace period."""
+    result = rolling_restart(server)
+    assert result["lost"] == 0, result
+    assert result["after_deletion_before_sigterm"].get("answered", 0) > 0, result
+    assert not result["killed_at_grace"] and result["deletion_to_exit_s"] < result["grace_s"], result
