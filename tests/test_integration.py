@@ -88,7 +88,8 @@ class Client:
         return r.json()
 
     def log_lines(self) -> list[str]:
-        log = self.server.workdir / "logs" / "ts_log.log"
+        """The frontend's copies of the worker's [METRICS] lines (log4j2.xml keeps them out of ts_log)."""
+        log = self.server.workdir / "logs" / "worker_metrics.log"
         return log.read_text(errors="replace").splitlines() if log.exists() else []
 
 

@@ -155,6 +155,18 @@ def test_fuzzed_requests_never_get_a_5xx(server: Client, body: bytes, content_ty
     assert r.status_code < 500, (body[:80], content_type, r.status_code, r.text[:300])
 
 
+def test_ts_log_records_events_not_requests(server: Client) -> None:
+    # log4j2.xml: the per-request and per-batch lines (1.1 KB a request before) stay out of ts_log;
+    # the frontend's echo of the worker's [METRICS] lines goes to worker_metrics.log.
+    logs = server.server.workdir / "logs"
+    ts_log = (logs / "ts_log.log").read_text(errors="replace")
+    for chatter in ("result=[METRICS]", "Sending response for jobId", "Looping backend response", "Backend response"):
+        assert chatter not in ts_log, chatter
+    assert "Backend received inference" not in (logs / "model_log.log").read_text(errors="replace")
+    assert "result=[METRICS]imdb_reviews_total" in (logs / "worker_metrics.log").read_text(errors="replace")
+    assert "... suppressed" in ts_log  # the malformed forms' traces, without netty's pipeline frames
+
+
 def test_the_worker_survived_the_fuzz(server: Client) -> None:
     # Runs after the tests above (file order): the worker that started is the one still answering,
     # and the frontend never lost it (it reports a dead worker's PID for seconds, its log at once).
