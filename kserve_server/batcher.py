@@ -34,16 +34,17 @@ class MicroBatcher(Generic[In, Out]):
     """Collects items submitted from the event loop into batches for ``run`` (list in, list out)."""
 
     def __init__(self, run: Callable[[list[In]], list[Out]], max_batch: int, max_delay: float, max_queue: int):
-        self.run, self.max_batch, self.max_delay = run, max_batch, max_delay
-        self.queue: asyncio.Queue[tuple[In, asyncio.Future]] = asyncio.Queue(max_queue)
+        self.run, self.max_batch, self.max_delay, self.max_queue = run, max_batch, max_delay, max_queue
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.batch_sizes: list[int] = []  # every batch's size, for tests and the benchmark
-        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(self, item: In) -> Out:
-        if self._task is None:  # started lazily, on the server's own event loop
-            self._task = asyncio.get_running_loop().create_task(self._consume())
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # started lazily, on the loop that serves (again if it changes)
+            self._loop, self.queue = loop, asyncio.Queue(self.max_queue)
+            self._task = loop.create_task(self._consume())
+        future = loop.create_future()
         try:
             self.queue.put_nowait((item, future))
         except asyncio.QueueFull:

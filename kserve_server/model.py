@@ -39,7 +39,8 @@ class SentimentModel(Model):
     def load(self) -> bool:
         config = yaml.safe_load(self.config.read_text()) if self.config.exists() else {}
         metrics = PrometheusMetrics(self.name, self.version)
-        self.core = SentimentCore(self.model_dir, config.get("handler"), self.version, self.gpu_id, metrics, self.name)
+        gpu_id = self.gpu_id if self.gpu_id is not None else default_gpu(config)
+        self.core = SentimentCore(self.model_dir, config.get("handler"), self.version, gpu_id, metrics, self.name)
         metrics.count(STARTS, 1)  # imdb_worker_starts_total: 1 per process; increase() counts a restart
         batch, delay_ms = int(config.get("batchSize", 8)), float(config.get("maxBatchDelay", 2))
         self.batcher = MicroBatcher(self.core.answer, batch, delay_ms / 1000, MAX_QUEUE)
@@ -81,6 +82,14 @@ class SentimentModel(Model):
 
     def get_output_types(self) -> list[dict]:
         return [{"name": payload.OUTPUT, "datatype": "BYTES", "shape": [-1]}]
+
+
+def default_gpu(config: dict) -> int | None:
+    """GPU 0 where model-config.yaml asks for GPU workers (``deviceType: gpu``, as TorchServe reads
+    it) and CUDA is present, else the CPU (None); one process per GPU, like one TorchServe worker."""
+    import torch
+
+    return 0 if config.get("deviceType", "gpu") == "gpu" and torch.cuda.is_available() else None
 
 
 def v2_dict(request: InferRequest) -> dict:
