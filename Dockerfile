@@ -50,7 +50,7 @@ COPY handler/ /src/handler/
 COPY kserve_server/ /src/kserve_server/
 RUN if [ "${SERVER}" = kserve ]; then \
         cp -r /src/handler /src/kserve_server "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
-        && /opt/venv/bin/python -c "import kserve, kserve_server.server; print('kserve', kserve.__version__)"; \
+        && /opt/venv/bin/python -c "import kserve, kserve_server.server; from importlib.metadata import version; print('kserve', version('kserve'))"; \
     fi
 
 # TorchServe: a JRE for its frontend, Python for its workers.

@@ -20,7 +20,9 @@ over keep-alive connections (an ingress's upstream pool), and the kubelet's dele
 
 Every request is recorded (start, end, outcome) and counted by when it was sent and how it ended:
 answered (200), http_<code>, refused (connection refused), reset (connection reset or closed
-before the answer), timeout. Output: one JSON document (stdout).
+before the answer), timeout; a client whose request failed sends the next one 50 ms later, so
+"refused" counts attempts. Output: one JSON document (stdout): the groups, ``lost`` (every request
+not answered), when the server exited and whether the grace period's SIGKILL ended it.
 """
 
 from __future__ import annotations
@@ -238,16 +240,26 @@ def classify(err: OSError) -> str:
 
 
 def summary(records: list[tuple[float, float, str]], deleted: float, sigterm: float) -> dict:
-    """Counts by when a request was sent (before the deletion, in the routing window, after SIGTERM) and
-    how it ended; ``in_flight_at_sigterm`` are those sent before SIGTERM and ended after it."""
-    groups = {
-        "before_deletion": [o for t0, t1, o in records if t0 < deleted],
-        "after_deletion_before_sigterm": [o for t0, t1, o in records if deleted <= t0 < sigterm],
-        "in_flight_at_sigterm": [o for t0, t1, o in records if t0 < sigterm <= t1],
-        "sent_after_sigterm": [o for t0, t1, o in records if t0 >= sigterm],
+    """Counts of outcomes in four disjoint groups: sent before the deletion, sent in the routing window
+    before SIGTERM, in flight at SIGTERM (sent before it, ended after), sent after SIGTERM. Where the
+    hook stops the server itself (TorchServe's ``torchserve --stop``), the stop is its last step, within
+    about 0.1 s of the SIGTERM."""
+    groups: dict[str, list[str]] = {
+        "before_deletion": [],
+        "after_deletion_before_sigterm": [],
+        "in_flight_at_sigterm": [],
+        "sent_after_sigterm": [],
     }
-    out = {name: dict(Counter(outcomes)) for name, outcomes in groups.items()}
+    for t0, t1, outcome in records:
+        if t0 < sigterm <= t1:
+            groups["in_flight_at_sigterm"].append(outcome)
+        elif t0 >= sigterm:
+            groups["sent_after_sigterm"].append(outcome)
+        else:
+            groups["before_deletion" if t0 < deleted else "after_deletion_before_sigterm"].append(outcome)
+    out: dict = {name: dict(Counter(outcomes)) for name, outcomes in groups.items()}
     out["lost"] = sum(o != "answered" for _, _, o in records)
+    out["answered_after_deletion"] = sum(o == "answered" and t1 >= deleted for _, t1, o in records)
     answered_after = [t1 - sigterm for t0, t1, o in records if o == "answered" and t1 >= sigterm]
     out["last_answer_after_sigterm_s"] = round(max(answered_after), 3) if answered_after else None
     return out

@@ -1,21 +1,30 @@
-"""Build the Docker image from a local Debian base, run it, and check it against a local TorchServe.
+"""Build both Docker images from a local Debian base, run each, and check it against the same server run locally.
 
-usage: python scripts/image_test.py [--tag imdb-sentiment:image-test] [--workdir build/image-test]
-                                    [--rootfs build/rootfs-bookworm] [--timeout 900]
+usage: python scripts/image_test.py [--servers torchserve,kserve] [--tag imdb-sentiment:image-test]
+                                    [--workdir build/image-test] [--rootfs build/rootfs-bookworm] [--timeout 900]
 
 No registry is reachable here, so the base image is made with ``debootstrap --variant=minbase
 bookworm`` and ``docker import`` (both cached under build/). The script starts its own dockerd
-(overlay2, its own data root, socket and pid file), builds the Dockerfile with this machine's CA
+(overlay2, its own data root, socket and pid file), builds the Dockerfile once per server
+(``--build-arg SERVER=torchserve``: TAG; ``SERVER=kserve``: TAG-kserve) with this machine's CA
 bundle, a pip.conf and the local CPU torch wheel in a builder-only folder (build/image-env), and
-starts the image read-only as user 1000 with a published port. It checks:
+starts each image read-only as user 1000 with a published port. It checks:
 
-* the kubelet's probe: GET /ping without any token answers 200 Healthy;
-* a prediction and an explanation equal the same requests against a local TorchServe started like
-  ``make serve`` (its own working directory and free ports), and KServe v1/v2 answer too;
+* the kubelet's probes: TorchServe's GET /ping without any token answers 200 Healthy; the KServe
+  server's /v2/health/ready and /v2/health/live answer 200;
+* TorchServe's image: a prediction and an explanation equal the same requests against a local
+  TorchServe started like ``make serve`` (its own working directory and free ports), and KServe v1/v2
+  answer too;
+* the KServe server's image: /predictions, /explanations, v1 :predict and :explain and v2 infer equal
+  the same requests against ``python -m kserve_server`` run here, and its /predictions and
+  /explanations equal the local TorchServe's (within 1e-6);
 * the processes run as uid 1000, the root filesystem and the model store are read-only;
-* none of the builder-only files (CA bundle, pip.conf, wheels) is in the final image or its history.
+* none of the builder-only files (CA bundle, pip.conf, wheels) is in the final image or its history;
+* a rolling restart's stop: the ServingRuntime's preStop hook run in the container, then SIGTERM as
+  ``docker stop`` sends it; the container must exit by itself within the InferenceService's
+  terminationGracePeriodSeconds (TorchServe's PID 1 ignores SIGTERM: checked, and the hook stops it).
 
-Whatever happens it then removes the container, stops the local server and the daemon by pid, and
+Whatever happens it then removes the containers, stops the local servers and the daemon by pid, and
 undoes what the daemon changed on this host (ip_forward, its iptables rules and chains, docker0).
 """
 
@@ -37,7 +46,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -47,6 +59,45 @@ import serve  # noqa: E402
 MODEL = "imdb_sentiment"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 REVIEW = "It was a fantastic performance ! The acting was superb, but the ending was horrible."
+DEPLOY = REPO / "deploy" / "kserve"
+
+
+@dataclass(frozen=True)
+class Image:
+    server: str  # the Dockerfile's SERVER
+    tag: str
+    ready: str  # the readiness probe's path
+    runtime: str  # its ServingRuntime (args, preStop hook) and InferenceService (grace period)
+    isvc: str
+    processes: int  # at least this many processes in a serving container
+
+    def manifest(self, name: str) -> dict:
+        return next(d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d)
+
+    def prestop(self) -> list[str]:
+        (container,) = self.manifest(self.runtime)["spec"]["containers"]
+        return container["lifecycle"]["preStop"]["exec"]["command"]
+
+    def grace(self) -> float:
+        return float(self.manifest(self.isvc)["spec"]["predictor"]["terminationGracePeriodSeconds"])
+
+
+def images(tag: str, servers: list[str]) -> list[Image]:
+    known = {
+        "torchserve": Image("torchserve", tag, "/ping", "servingruntime.yaml", "inferenceservice-cpu.yaml", 2),
+        "kserve": Image(
+            "kserve",
+            f"{tag}-kserve",
+            "/v2/health/ready",
+            "servingruntime-kserve.yaml",
+            "inferenceservice-kserve.yaml",
+            1,
+        ),
+    }
+    unknown = set(servers) - set(known)
+    if unknown:
+        sys.exit(f"unknown servers {sorted(unknown)}: torchserve, kserve")
+    return [known[s] for s in servers]
 
 
 def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
@@ -169,14 +220,16 @@ def build_env(folder: Path) -> Path:
     return folder
 
 
-def build(env: dict, tag: str, base: str, env_folder: Path) -> float:
+def build(env: dict, image: Image, base: str, env_folder: Path) -> float:
     t0 = time.time()
     subprocess.run(
         [
             "docker",
             "build",
             "-t",
-            tag,
+            image.tag,
+            "--build-arg",
+            f"SERVER={image.server}",
             "--build-arg",
             f"BASE_IMAGE={base}",
             "--build-arg",
@@ -206,18 +259,18 @@ def request(url: str, body: dict | None = None, token: str | None = None) -> tup
         return e.code, json.loads(e.read() or b"{}")
 
 
-def wait_healthy(url: str, timeout: float) -> float:
-    """Poll GET /ping without a token, as the kubelet does, until 200 Healthy; seconds waited."""
+def wait_ready(url: str, path: str, timeout: float) -> float:
+    """Poll ``path`` without a token, as the kubelet does, until 200 (Healthy / ready); seconds waited."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         try:
-            status, body = request(url + "/ping")
-            if status == 200 and body.get("status") == "Healthy":
+            status, body = request(url + path)
+            if status == 200 and (body.get("status") == "Healthy" or body.get("ready") is True):
                 return time.time() - t0
         except (urllib.error.URLError, OSError, ValueError):
             pass
         time.sleep(2)
-    raise RuntimeError(f"{url}/ping never answered 200 Healthy in {timeout}s")
+    raise RuntimeError(f"{url}{path} never answered 200 in {timeout}s")
 
 
 def close(a, b, tol: float = 1e-6) -> bool:
@@ -252,14 +305,46 @@ def compare_with_local(container_url: str, local: serve.Server) -> list[str]:
     return checked + ["KServe v1 :explain equal, v2 infer answered"]
 
 
-def check_user_and_read_only(env: dict, name: str) -> list[str]:
+def compare_kserve(container_url: str, local_url: str, torchserve: serve.Server) -> list[str]:
+    """The KServe server's image against ``python -m kserve_server`` run here (every route) and against
+    the local TorchServe (TorchServe's routes): a client moves between them by changing the port."""
+    for probe in ("/v2/health/ready", "/v2/health/live"):
+        status, body = request(container_url + probe)
+        if status != 200:
+            raise AssertionError(f"{probe}: {status} {body}")
+    inputs = [{"name": "reviews", "shape": [1], "datatype": "BYTES", "data": [REVIEW]}]
+    calls = {
+        "/predictions": (f"/predictions/{MODEL}", {"text": REVIEW}),
+        "/explanations": (f"/explanations/{MODEL}", {"text": REVIEW}),
+        "v1 :predict": (f"/v1/models/{MODEL}:predict", {"instances": [{"text": REVIEW}]}),
+        "v1 :explain": (f"/v1/models/{MODEL}:explain", {"instances": [{"text": REVIEW}]}),
+        "v2 infer": (f"/v2/models/{MODEL}/infer", {"id": "1", "inputs": inputs}),
+    }
+    for name, (path, body) in calls.items():
+        got, want = request(container_url + path, body), request(local_url + path, body)
+        if got[0] != 200 or not close(got[1], want[1]):
+            raise AssertionError(f"{name}: container {got} != local kserve_server {want}")
+    token = torchserve.keys()["inference"]
+    for kind in ("predictions", "explanations"):
+        got = request(f"{container_url}/{kind}/{MODEL}", {"text": REVIEW})
+        want = request(f"{torchserve.inference}/{kind}/{MODEL}", {"text": REVIEW}, token)
+        if not close(got[1], want[1]):
+            raise AssertionError(f"{kind}: container {got} != local TorchServe {want}")
+    return [
+        "/v2/health/ready and /v2/health/live 200",
+        f"{', '.join(calls)} equal to the local kserve_server's",
+        "/predictions and /explanations equal to the local TorchServe's (1e-6)",
+    ]
+
+
+def check_user_and_read_only(env: dict, name: str, image: Image) -> list[str]:
     def ex(*cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", "exec", name, *cmd], env=env, capture_output=True, text=True)
 
     top = sh("docker", "top", name, "-eo", "pid,uid,comm", env=env).stdout.splitlines()[1:]  # the host's ps
     uids = {line.split()[1] for line in top}
-    if uids != {"1000"} or len(top) < 2:  # the JVM and at least one Python worker
-        raise AssertionError(f"processes run as uids {uids}, not 1000 only")
+    if uids != {"1000"} or len(top) < image.processes:  # TorchServe: the JVM and at least one Python worker
+        raise AssertionError(f"processes run as uids {uids}, not 1000 only ({len(top)} processes)")
     inspect = json.loads(sh("docker", "inspect", name, env=env).stdout)[0]
     if not inspect["HostConfig"]["ReadonlyRootfs"]:
         raise AssertionError("the root filesystem is writable")
@@ -290,8 +375,8 @@ def certificates(pem: str) -> set[str]:
 
 def builder_files_absent(env: dict, tag: str, env_folder: Path) -> list[str]:
     """No builder-only file in the image: no /build-env, no file equal to the CA bundle or pip.conf, no
-    certificate of this machine's bundle that the image's own (Debian's) bundle lacks in any PEM file,
-    and nothing of them in the history."""
+    certificate of this machine's bundle that Debian's public set lacks in any PEM file, and nothing of
+    them in the history."""
     history = sh("docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", tag, env=env).stdout
     if "build-env" in history or "ca.crt" in history:
         raise AssertionError(f"the image history mentions the build environment:\n{history}")
@@ -307,7 +392,10 @@ def builder_files_absent(env: dict, tag: str, env_folder: Path) -> list[str]:
             found.append(name)
         if b"BEGIN CERTIFICATE" in data:
             pem_files[name] = data
+    # Public: Debian's set, in the image (TorchServe's JRE pulls ca-certificates in) or on this host (the
+    # KServe image has no system bundle, only certifi's and grpc's copies of the same public roots).
     debian = pem_files.get("etc/ssl/certs/ca-certificates.crt", b"").decode()
+    debian += "".join(c.read_text() for c in Path("/usr/share/ca-certificates/mozilla").glob("*.crt"))
     own = certificates(HOST_CA.read_text()) - certificates(debian)
     found += [name for name, data in pem_files.items() if any(c.encode() in data for c in own)]
     if found:
@@ -318,8 +406,8 @@ def builder_files_absent(env: dict, tag: str, env_folder: Path) -> list[str]:
 # ---------------------------------------------------------------- main
 
 
-def run_container(env: dict, stack: ExitStack, tag: str, port: int) -> str:
-    name = f"imdb-image-test-{os.getpid()}"
+def run_container(env: dict, stack: ExitStack, image: Image, port: int) -> str:
+    name = f"imdb-image-test-{image.server}-{os.getpid()}"
     sh(
         "docker", "run", "-d", "--name", name, "--read-only",
         "--tmpfs", "/tmp:rw,exec,size=256m",
@@ -327,43 +415,92 @@ def run_container(env: dict, stack: ExitStack, tag: str, port: int) -> str:
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "-e", "TS_SERVICE_ENVELOPE=",  # what KServe renders for an InferenceService without the label
         "-p", f"127.0.0.1:{port}:8080",
-        tag, env=env,
+        image.tag, env=env,
     )  # fmt: skip
     stack.callback(lambda: subprocess.run(["docker", "rm", "-f", name], env=env, capture_output=True))
     return name
 
 
+def running(env: dict, name: str) -> bool:
+    return sh("docker", "inspect", "-f", "{{.State.Running}}", name, env=env).stdout.strip() == "true"
+
+
+def check_rolling_stop(env: dict, name: str, url: str, image: Image) -> list[str]:
+    """The pod's deletion as the kubelet runs it: the preStop hook in the container, then SIGTERM to PID 1
+    (``docker stop``, SIGKILL after what is left of the grace period). The container must exit by itself."""
+    checked = []
+    if image.server == "torchserve":  # the reason for its hook: a Python PID 1 without a handler
+        sh("docker", "kill", "--signal", "TERM", name, env=env)
+        time.sleep(3)
+        if not running(env, name) or request(url + image.ready)[0] != 200:
+            raise AssertionError("TorchServe's PID 1 was expected to ignore SIGTERM")
+        checked.append("SIGTERM alone: ignored by PID 1 (the torchserve wrapper), /ping still 200 after 3 s")
+    grace, t0 = image.grace(), time.time()
+    hook = subprocess.run(["docker", "exec", name, *image.prestop()], env=env, capture_output=True, text=True)
+    hook_s = time.time() - t0
+    left = max(1, int(grace - hook_s))
+    if running(env, name):
+        sh("docker", "stop", "-t", str(left), name, env=env)
+    stopped = time.time() - t0
+    state = json.loads(sh("docker", "inspect", "-f", "{{json .State}}", name, env=env).stdout)
+    if state["ExitCode"] not in (0, 143) or stopped >= grace:  # 137: killed at the end of the grace period
+        raise AssertionError(f"stop: exit {state['ExitCode']} after {stopped:.1f} s (grace {grace:.0f} s); hook {hook}")
+    return [
+        *checked,
+        f"preStop {image.prestop()} + SIGTERM: exited {state['ExitCode']} {stopped:.1f} s after the deletion (grace {grace:.0f} s)",
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tag", default="imdb-sentiment:image-test")
+    p.add_argument("--servers", default="torchserve,kserve", help="the images to build and check (comma-separated)")
+    p.add_argument(
+        "--tag", default="imdb-sentiment:image-test", help="TorchServe's tag; the KServe server's: TAG-kserve"
+    )
     p.add_argument("--workdir", type=Path, default=REPO / "build" / "image-test")
     p.add_argument("--rootfs", type=Path, default=REPO / "build" / "rootfs-bookworm")
-    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for each server's /ping")
+    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for each server's readiness")
     a = p.parse_args(argv)
     mar = REPO / "model_store" / f"{MODEL}.mar"
     if not mar.exists():
         sys.exit(f"{mar} is missing: run `make mar` (make image-test does)")
-    # A background job ignores SIGINT: make SIGTERM unwind the stack too (container, servers, dockerd).
+    todo = images(a.tag, a.servers.split(","))
+    # A background job ignores SIGINT: make SIGTERM unwind the stack too (containers, servers, dockerd).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("image-test: terminated"))
     t0 = time.time()
     with ExitStack() as stack:
         env = stack.enter_context(dockerd(a.workdir / "docker"))
         env_folder = build_env(REPO / "build" / "image-env")
         base = base_image(env, a.rootfs)
-        note(f"build: {build(env, a.tag, base, env_folder):.0f} s from {base}")
-        size = json.loads(sh("docker", "image", "inspect", a.tag, env=env).stdout)[0]["Size"]
-        note(f"image size: {size / 1e6:.0f} MB")
-        note(*builder_files_absent(env, a.tag, env_folder))
-        port = serve.free_port()
-        name = run_container(env, stack, a.tag, port)
-        url = f"http://127.0.0.1:{port}"
-        note(f"container /ping 200 without a token after {wait_healthy(url, a.timeout):.0f} s")
         local = local_server(stack, a.workdir / "local", mar, a.timeout)
-        note(*compare_with_local(url, local))
-        note(*check_user_and_read_only(env, name))
+        kserve_url = local_kserve(stack, mar, a.timeout) if any(i.server == "kserve" for i in todo) else None
+        for image in todo:
+            check_image(env, stack, image, base, env_folder, local, kserve_url, a.timeout)
+    note(f"image-test passed in {time.time() - t0:.0f} s ({', '.join(i.server for i in todo)})")
+
+
+def check_image(env, stack, image: Image, base: str, env_folder: Path, local, kserve_url, timeout: float) -> None:
+    """Build ``image``, check its files, run it and check its answers, user, filesystem and stop."""
+    tag = f"{image.server} ({image.tag})"
+    note(f"{tag} build: {build(env, image, base, env_folder):.0f} s from {base}")
+    size = json.loads(sh("docker", "image", "inspect", image.tag, env=env).stdout)[0]["Size"]
+    note(f"{tag} image size: {size / 1e6:.0f} MB", *builder_files_absent(env, image.tag, env_folder))
+    with ExitStack() as container:
+        port = serve.free_port()
+        name = run_container(env, container, image, port)
+        url = f"http://127.0.0.1:{port}"
+        note(f"{tag} {image.ready} 200 without a token after {wait_ready(url, image.ready, timeout):.0f} s")
+        note(
+            *(
+                compare_with_local(url, local)
+                if image.server == "torchserve"
+                else compare_kserve(url, kserve_url, local)
+            )
+        )
+        note(*check_user_and_read_only(env, name, image))
         memory = sh("docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", name, env=env).stdout.strip()
-        note(f"container memory after the requests: {memory}")
-    note(f"image-test passed in {time.time() - t0:.0f} s")
+        note(f"{tag} container memory after the requests: {memory}")
+        note(*check_rolling_stop(env, name, url, image))
 
 
 def note(*lines: str) -> None:
@@ -379,6 +516,38 @@ def local_server(stack: ExitStack, workdir: Path, mar: Path, timeout: float) -> 
     config = serve.isolated_config(workdir / "config.properties")
     stack.callback(serve.stop, workdir / "work")
     return serve.start(workdir / "work", config, store, timeout)
+
+
+def local_kserve(stack: ExitStack, mar: Path, timeout: float) -> str:
+    """``python -m kserve_server`` from this checkout on a free loopback port, stopped by pid."""
+    port = serve.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kserve_server", "--model", str(mar), "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    stack.callback(stop)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if request(url + "/v2/health/ready")[0] == 200:
+                return url
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the local kserve_server never became ready (exit {proc.poll()})")
 
 
 if __name__ == "__main__":
