@@ -12,7 +12,9 @@ Outputs: the terminal (coloured words; plain text with signed values when not a 
 --no-color), --json (one document), --jsonl (one line per review, written as answers arrive) and
 --html REPORT (a self-contained page in the layout of Captum's visualize_text).
 
-Reviews go in bulk: up to --bulk (64) per KServe v1 request, --concurrency requests in flight.
+Reviews go in bulk: up to --bulk (64) per KServe v1 request, --concurrency requests in flight. A
+request that meets a connection error or a 500/502/503/504/507 is sent again (--retries, default 5),
+after an exponential backoff with jitter or the server's Retry-After; a 4xx never is.
 Address and token: --url / IMDB_URL (default http://127.0.0.1:8080) and --token / IMDB_TOKEN, else
 the inference key of --key-file (default ./key_file.json, which `make serve` writes).
 """
@@ -31,7 +33,16 @@ from imdb_client.answers import error_line, is_error
 from imdb_client.items import LABELS, InputError, Item, read_items
 from imdb_client.report import Source, render_html
 from imdb_client.summary import Summary
-from imdb_client.transport import DEFAULT_URL, MAX_INSTANCES, MODEL, ClientError, Server, resolve_endpoint
+from imdb_client.transport import (
+    DEFAULT_RETRIES,
+    DEFAULT_URL,
+    MAX_INSTANCES,
+    MODEL,
+    ClientError,
+    RetryPolicy,
+    Server,
+    resolve_endpoint,
+)
 
 # The server's methods (handler/attribution.py METHODS); "exact" integrates in closed form, no steps.
 METHODS = ("exact", "gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -76,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     srv.add_argument(
         "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight (default %(default)s)"
     )
+    srv.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        help="times to resend a request after a connection error or a 500/502/503/504/507 (default %(default)s; 0: never)",
+    )
     srv.add_argument("--local", metavar="MODEL_DIR", type=Path, help="no server: run the handler in this process")
     args = p.parse_args(argv)
     try:
@@ -84,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(err))
     if args.bulk < 1 or args.concurrency < 1:
         p.error("--bulk and --concurrency must be at least 1")
+    if args.retries < 0:
+        p.error("--retries must be 0 or more")
     return args
 
 
@@ -170,29 +189,45 @@ class Output:
             Path(self.args.html).write_text(render_html(self.rows, self.source), encoding="utf-8")
             if not (self.args.json or self.args.jsonl):
                 print(f"wrote {self.args.html}: {self.summary.line()}")
-        elif self.terminal and self.summary.total > 1:
+        elif self.terminal and self._worth_a_summary():
             print(self.summary.line())
-        if (self.args.jsonl or self.args.json) and self.summary.total > 1:
+        if (self.args.jsonl or self.args.json) and self._worth_a_summary():
             print(f"imdb-explain: {self.summary.line()}", file=sys.stderr)  # stdout is for the pipeline
+
+    def _worth_a_summary(self) -> bool:
+        """More than one review, or requests that had to be sent again."""
+        return self.summary.total > 1 or self.summary.retries > 0
 
 
 def run(args: argparse.Namespace, items: list[Item], out: Output) -> None:
     """Send the items and hand each answer to ``out``, with a progress bar on stderr."""
     from tqdm import tqdm
 
+    server = None
     if args.local:
         batches = local_answers(items, args)
     else:
         endpoint = resolve_endpoint(args.url, args.token, args.key_file, args.model, args.version)
-        server = Server(endpoint, explain=not args.predict, options=args.options, timeout=args.timeout)
+        server = Server(
+            endpoint,
+            explain=not args.predict,
+            options=args.options,
+            timeout=args.timeout,
+            policy=RetryPolicy(retries=args.retries),
+            on_retry=lambda line: tqdm.write(f"imdb-explain: {line}", file=sys.stderr),
+        )
         batches = server.answers(items, args.bulk, args.concurrency)
     verb = "predicting" if args.predict else "explaining"
     # disable=None: a bar only when stderr is a terminal, never in logs.
-    with tqdm(total=len(items), desc=verb, unit="review", file=sys.stderr, disable=len(items) < 2 or None) as bar:
-        for batch in batches:
-            for item, answer in batch:
-                out.add(item, answer)
-            bar.update(len(batch))
+    try:
+        with tqdm(total=len(items), desc=verb, unit="review", file=sys.stderr, disable=len(items) < 2 or None) as bar:
+            for batch in batches:
+                for item, answer in batch:
+                    out.add(item, answer)
+                bar.update(len(batch))
+    finally:
+        if server is not None:
+            out.summary.retried = dict(server.retried)
 
 
 def main(argv: list[str] | None = None) -> int:

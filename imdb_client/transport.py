@@ -14,17 +14,30 @@ measurements behind the defaults.
 
 Every failure becomes a ClientError whose message says what to do. Server down, a rejected token
 and an unknown model are fatal (every review would fail alike); a review's own 4xx is not.
+
+**Retries.** Predictions and explanations are pure functions of the body, so sending one again is
+safe. A connection error (refused, reset, a connect timeout) and the statuses of a server that may
+answer next time (500 and 507: a worker died with the batch; 502/503/504: a proxy, a full queue, a
+gateway timeout) are retried up to ``RetryPolicy.retries`` times, after a bounded exponential
+backoff with jitter (0.5, 1, 2, 4, 8 s, each drawn from its upper half, at most 10 s), or after the
+server's ``Retry-After`` when that is longer (at most 60 s). A 4xx is never retried: the same body
+would get the same answer. A read timeout is not retried either (the server has the request and is
+slow; sending it again would only queue another copy). ``Server.retried`` counts the retries by
+cause, for the run's summary.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import threading
-from collections import deque
-from collections.abc import Iterator
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import requests
@@ -39,6 +52,9 @@ MAX_INSTANCES = 64
 # Bytes of review text per bulk request: well below config.properties' max_request_size (1 MiB),
 # so that a chunk of long reviews is split rather than refused with 413.
 MAX_CHUNK_BYTES = 512 * 1024
+# Statuses worth sending the same request again for (module docstring, "Retries").
+RETRY_STATUSES = frozenset({500, 502, 503, 504, 507})
+DEFAULT_RETRIES = 5
 
 
 class ClientError(Exception):
@@ -50,6 +66,43 @@ class ClientError(Exception):
         super().__init__(message)
         self.fatal = fatal
         self.answer = answer
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to wait before sending a request again."""
+
+    retries: int = DEFAULT_RETRIES  # after the first attempt; 0: never
+    base: float = 0.5  # the first backoff, seconds; it doubles with each retry
+    cap: float = 10.0  # the longest backoff
+    max_retry_after: float = 60.0  # the longest Retry-After honoured
+
+    def delay(self, retry: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based): the backoff, drawn from the upper
+        half of its step so that clients spread out, or the server's Retry-After when that is longer."""
+        backoff = min(self.cap, self.base * 2**retry) * rng.uniform(0.5, 1.0)
+        if retry_after is None:
+            return backoff
+        return min(max(backoff, retry_after), self.max_retry_after)
+
+
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when.tzinfo else None
+
+
+def pause(seconds: float) -> None:
+    """The wait between attempts (a function of its own, so that tests can record it)."""
+    time.sleep(seconds)
 
 
 @dataclass
@@ -111,9 +164,20 @@ class Server:
     """Sends items to one model on one server; thread-safe (one keep-alive session per thread)."""
 
     def __init__(
-        self, endpoint: Endpoint, explain: bool = True, options: dict | None = None, timeout: float = 120
+        self,
+        endpoint: Endpoint,
+        explain: bool = True,
+        options: dict | None = None,
+        timeout: float = 120,
+        policy: RetryPolicy | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.endpoint, self.explain, self.options, self.timeout = endpoint, explain, dict(options or {}), timeout
+        self.policy = policy or RetryPolicy()
+        self.on_retry = on_retry  # told one line per retry (the CLI prints it on stderr)
+        self.retried: Counter[str] = Counter()  # retries by cause: "507", "connection error", ...
+        self._lock = threading.Lock()
+        self._rng = random.Random()
         self._local = threading.local()
 
     # ------------------------------------------------------------------ requests
@@ -184,18 +248,45 @@ class Server:
         return session
 
     def _post(self, path: str, body: dict) -> tuple[int, object]:
-        url = self.endpoint.url + path
-        try:
-            r = self._session().post(url, data=json.dumps(body).encode(), timeout=self.timeout)
-        except requests.ConnectionError as err:
-            if "refused" in str(err).lower():
-                raise ClientError(
-                    f"no server at {self.endpoint.url}: connection refused. Is TorchServe running? "
-                    "Start it with `make serve` (or pass --url / IMDB_URL)."
-                ) from None
-            raise ClientError(f"cannot reach {self.endpoint.url}: {err}") from None
-        except requests.Timeout:
-            raise ClientError(f"no answer from {self.endpoint.url} within {self.timeout:g}s") from None
+        """One request, sent again after a connection error or a RETRY_STATUSES answer (at most
+        ``policy.retries`` times); the last answer, or a fatal ClientError when none came."""
+        url, data = self.endpoint.url + path, json.dumps(body).encode()
+        for retry in range(self.policy.retries + 1):
+            last = retry == self.policy.retries
+            try:
+                r = self._session().post(url, data=data, timeout=self.timeout)
+            except requests.ConnectionError as err:  # ConnectTimeout included
+                if last:
+                    raise self._unreachable(err, retry) from None
+                self._wait(retry, "connection error", None, f"cannot reach {self.endpoint.url}: {_reason(err)}")
+                continue
+            except requests.Timeout:
+                raise ClientError(f"no answer from {self.endpoint.url} within {self.timeout:g}s") from None
+            if r.status_code not in RETRY_STATUSES or last:
+                return self._read(r, url)
+            after = retry_after(r.headers.get("Retry-After"))
+            self._wait(retry, str(r.status_code), after, f"{self.endpoint.url} answered {r.status_code}")
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _wait(self, retry: int, cause: str, after: float | None, what: str) -> None:
+        seconds = self.policy.delay(retry, after, self._rng)
+        with self._lock:
+            self.retried[cause] += 1
+        if self.on_retry:
+            self.on_retry(f"{what}; retry {retry + 1} of {self.policy.retries} in {seconds:.1f} s")
+        pause(seconds)
+
+    def _unreachable(self, err: requests.ConnectionError, retries: int) -> ClientError:
+        tried = f" (after {retries} retries)" if retries else ""
+        if "refused" in str(err).lower():
+            return ClientError(
+                f"no server at {self.endpoint.url}: connection refused{tried}. Is TorchServe running? "
+                "Start it with `make serve` (or pass --url / IMDB_URL)."
+            )
+        return ClientError(f"cannot reach {self.endpoint.url}{tried}: {err}")
+
+    @staticmethod
+    def _read(r: requests.Response, url: str) -> tuple[int, object]:
         try:
             return r.status_code, r.json()
         except ValueError:
@@ -219,3 +310,12 @@ class Server:
             which = ep.model + (f" version {ep.version}" if ep.version else "")
             return ClientError(f"the server at {ep.url} has no model {which}: {error_line(answer)}")
         return ClientError(f"the server at {ep.url} answered {error_line(answer)}", fatal=False, answer=answer)
+
+
+def _reason(err: Exception) -> str:
+    """The innermost cause of a requests error, short: "Connection refused", "RemoteDisconnected"."""
+    text = str(err)
+    for marker in ("Connection refused", "Connection reset", "RemoteDisconnected", "Connection aborted"):
+        if marker in text:
+            return marker
+    return text[:120]

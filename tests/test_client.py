@@ -16,11 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from imdb_client import transport
 from imdb_client.cli import main, parse_args
 from imdb_client.items import InputError, Item, read_items
 from imdb_client.report import COLUMNS, Source, render_html
 from imdb_client.terminal import attribution_style, colored_tokens, plain_tokens, render_terminal
-from imdb_client.transport import chunks, resolve_endpoint
+from imdb_client.transport import RetryPolicy, chunks, resolve_endpoint, retry_after
 
 HOSTILE = "<script>alert(1)</script>"
 SOURCE = Source("imdb_sentiment", "http://127.0.0.1:8080")
@@ -197,37 +198,72 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_server_down_names_the_address_and_make_serve(capsys):
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The client's waits between attempts, recorded instead of slept."""
+    recorded: list[float] = []
+    monkeypatch.setattr(transport, "pause", recorded.append)
+    return recorded
+
+
+def test_server_down_names_the_address_and_make_serve(capsys, waits):
     port = free_port()
-    assert main(["--url", f"http://127.0.0.1:{port}", "--token", "t", "a fine film"]) == 1
+    assert main(["--url", f"http://127.0.0.1:{port}", "--token", "t", "--retries", "0", "a fine film"]) == 1
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and "connection refused" in err and "make serve" in err
+    assert waits == []
+    # With retries (the default, 5), the same message once they are spent, and a line per retry.
+    assert main(["--url", f"http://127.0.0.1:{port}", "--token", "t", "a fine film"]) == 1
+    err = capsys.readouterr().err
+    assert "connection refused (after 5 retries)" in err and "make serve" in err
+    assert len(waits) == 5 and err.count("Connection refused; retry ") == 5
 
 
-@pytest.fixture
-def stub():
-    """A loopback HTTP server; ``stub.answer(path, body)`` (or a fixed ``(status, body)``) answers each POST."""
-    seen = []
+DROP = object()  # an answer that closes the connection unanswered: the client sees a connection error
 
+
+def _handler_class(server):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.path, self.headers.get("Authorization"), body))
-            status, answer = server.answer(self.path, body) if callable(server.answer) else server.answer
+            server.seen.append((self.path, self.headers.get("Authorization"), body))
+            reply = server.answer(self.path, body) if callable(server.answer) else server.answer
+            if reply is DROP:
+                self.close_connection = True
+                return
+            status, answer, *headers = reply
             data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers[0] if headers else {}).items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except BrokenPipeError:  # the client gave up (its read timeout)
+                pass
 
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.seen, server.url = seen, f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    return Handler
+
+
+def start_stub(port: int = 0) -> ThreadingHTTPServer:
+    """A loopback HTTP server; ``answer(path, body)`` (or a fixed reply) answers each POST with
+    ``(status, body)``, ``(status, body, headers)`` or DROP."""
+    server = ThreadingHTTPServer.__new__(ThreadingHTTPServer)
+    server.seen, server.answer = [], (200, {})
+    ThreadingHTTPServer.__init__(server, ("127.0.0.1", port), _handler_class(server))
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def stub():
+    server = start_stub()
     yield server
     server.shutdown()
     server.server_close()
@@ -473,3 +509,108 @@ def test_predict_and_html_against_stub(stub, tmp_path, capsys):
     parse(page)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page
     assert "wrote" in capsys.readouterr().out
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+def failing(replies: list, then):
+    """Answers ``replies`` in turn (a status, a (status, headers) pair, or DROP), then as ``then``."""
+    queue = list(replies)
+
+    def answer(path: str, body: dict):
+        if not queue:
+            return then(path, body)
+        reply = queue.pop(0)
+        if reply is DROP:
+            return DROP
+        status, headers = reply if isinstance(reply, tuple) else (reply, {})
+        return status, {"code": status, "type": "InternalServerError", "message": f"Worker died ({status})"}, headers
+
+    return answer
+
+
+def test_connection_errors_and_5xx_are_retried_until_an_answer_with_growing_waits(stub, waits, capsys):
+    stub.answer = failing([507, DROP, 500, 502, 503], like_the_handler(by_text))
+    assert main(["--url", stub.url, "--token", "k", "--jsonl", "a fine film", "an awful film"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["answer"]["label"] for line in out.splitlines()] == ["pos", "neg"]
+    assert len(stub.seen) == 6 and all(body == stub.seen[0][2] for _, _, body in stub.seen)  # the same body
+    assert "5 retries (500: 1, 502: 1, 503: 1, 507: 1, connection error: 1)" in err
+    assert "answered 507; retry 1 of 5 in" in err and "retry 5 of 5 in" in err
+    # Exponential backoff with jitter: retry k waits within the upper half of 0.5 * 2^k seconds.
+    assert len(waits) == 5
+    for k, wait in enumerate(waits):
+        assert 0.25 * 2**k <= wait <= 0.5 * 2**k, (k, wait)
+
+
+def test_retry_after_is_honoured(stub, waits, capsys):
+    stub.answer = failing([(503, {"Retry-After": "3"}), (503, {"Retry-After": "0"})], like_the_handler(by_text))
+    assert main(["--url", stub.url, "--token", "k", "--jsonl", "a fine film"]) == 0
+    assert waits[0] == 3.0  # the server's 3 s, longer than the first backoff (0.25-0.5 s)
+    assert 0.5 <= waits[1] <= 1.0  # Retry-After 0 is shorter than the backoff: the backoff
+    assert "2 retries (503: 2)" in capsys.readouterr().err
+    policy, rng = RetryPolicy(), __import__("random").Random(0)
+    assert policy.delay(0, 3600.0, rng) == 60.0  # a Retry-After is honoured up to a minute
+    assert policy.delay(10, None, rng) <= 10.0  # and the backoff stops growing at 10 s
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    from email.utils import format_datetime
+
+    assert retry_after("7") == 7.0 and retry_after(" 2 ") == 2.0
+    assert retry_after(None) is None and retry_after("soon") is None and retry_after("-1") is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: now
+    future = format_datetime(__import__("datetime").datetime.now(__import__("datetime").timezone.utc), usegmt=True)
+    assert 0.0 <= retry_after(future) <= 1.0
+
+
+@pytest.mark.parametrize("status", [400, 413, 429])
+def test_a_4xx_is_never_retried(stub, waits, capsys, status):
+    stub.answer = (status, {"code": status, "type": "BadRequest", "message": "review text is bad"})
+    assert main(["--url", stub.url, "--token", "k", "--jsonl", "a fine film", "another"]) == 1
+    assert len(stub.seen) == 1 and waits == []
+    stub.seen.clear()
+    assert main(["--url", stub.url, "--token", "k", "--jsonl", "--bulk", "1", "--concurrency", "1", "a", "b"]) == 1
+    assert len(stub.seen) == 2 and waits == []  # one plain request per review, none sent again
+    assert "retr" not in capsys.readouterr().err
+
+
+def test_retries_are_bounded_and_then_the_error_is_the_answer(stub, waits, capsys):
+    stub.answer = failing([503] * 100, like_the_handler(by_text))
+    assert main(["--url", stub.url, "--token", "k", "--json", "--retries", "2", "a fine film", "another"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert len(stub.seen) == 3 and len(waits) == 2
+    assert [r["answer"]["code"] for r in document["results"]] == [503, 503]
+    assert (document["summary"]["retries"], document["summary"]["retried"]) == (2, {"503": 2})
+    with pytest.raises(SystemExit):
+        parse_args(["--retries", "-1", "x"])
+
+
+def test_a_server_that_comes_back_is_reached_by_the_retries(waits, capsys, monkeypatch):
+    """Connection refused (a restarting server): the second attempt finds it listening."""
+    port, started = free_port(), []
+
+    def start_on_first_wait(seconds: float) -> None:
+        waits.append(seconds)
+        if not started:
+            server = start_stub(port)
+            server.answer = like_the_handler(by_text)
+            started.append(server)
+
+    monkeypatch.setattr(transport, "pause", start_on_first_wait)
+    try:
+        assert main(["--url", f"http://127.0.0.1:{port}", "--token", "k", "--jsonl", "a fine film"]) == 0
+    finally:
+        for server in started:
+            server.shutdown()
+            server.server_close()
+    out, err = capsys.readouterr()
+    assert json.loads(out)["answer"]["label"] == "pos" and len(waits) == 1
+    assert "Connection refused; retry 1 of 5" in err
+
+
+def test_a_read_timeout_is_not_retried(stub, waits, capsys):
+    stub.answer = lambda path, body: time.sleep(1.0) or (200, {})
+    assert main(["--url", stub.url, "--token", "k", "--timeout", "0.2", "a fine film"]) == 1
+    assert "no answer from" in capsys.readouterr().err and len(stub.seen) == 1 and waits == []
