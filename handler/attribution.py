@@ -47,7 +47,7 @@ from captum.attr import LayerIntegratedGradients, TokenReferenceBase
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
 from handler.model import SentimentCNN, TutorialCNN, window_mask
-from handler.taps import TapEngine, TokenTaps, engine_for, length_groups, window_sums
+from handler.taps import TapEngine, TokenTaps, engine_for, length_groups
 
 EXACT = "exact"
 METHODS = tuple(SUPPORTED_METHODS) + (EXACT,)
@@ -257,39 +257,53 @@ def _captum(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribut
     )
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _fast(taps: TapEngine, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution:
     """Two passes: the windows' pre-activations and maxima of every filter size, then the backward
     scatter with each review's step count -- chosen in between, by ``_choose_steps``, from [B, F]
-    quantities alone, so adaptive steps cost no extra pass over the windows."""
+    quantities alone, so adaptive steps cost no extra pass over the windows.
+
+    All filter sizes go through each step together (one ``embedding_bag``, one ``max``, one
+    scatter: ``TapEngine.windows``), in the order a pass per filter size would take, so the sums
+    and their bits are the same; a call costs a third of the small kernels it did."""
     taps.check()
     model = taps.model
     b, t = ids.shape
-    w_fc = model.fc.weight[0].split(model.config.n_filters)  # len(fs) x [F]
+    nf = taps.n_filters
+    w_fc = model.fc.weight[0].split(nf)  # len(fs) x [F]
     logits = ref_logits = model.fc.bias[0]
-    shortest = int(lengths.min())
+    # [B, T', S] table rows, [B, T', C * F] A = conv(e - e0); T' a multiple of _GROUP (for _maxima)
+    rows, a = taps.windows(taps.token_rows(ids, lengths), _GROUP)
+    m, first, tied = _maxima(a)  # [B, C * F] each: the max, its first window, whether another reaches it
     convs = []
-    for conv, w_out in zip(taps.convs, w_fc):
-        rows, a = window_sums(conv, ids, lengths, shortest)  # [B, T', fs] table rows, [B, T', F] A = conv(e - e0)
-        m = a.amax(dim=1)  # [B, F]
+    for k, (conv, w_out) in enumerate(zip(taps.convs, w_fc)):
+        n = t - conv.fs + 1  # this filter size's own windows
+        a_k, m_k = a[:, :n, k * nf : (k + 1) * nf], m[:, k * nf : (k + 1) * nf]
         # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
-        logits = logits + F.relu(conv.p0 + m) @ w_out  # [B]
+        logits = logits + F.relu(conv.p0 + m_k) @ w_out  # [B]
         ref_logits = ref_logits + F.relu(conv.p0) @ w_out
         shares = None  # only rules with a node at alpha = 0 need them (riemann_left, riemann_trapezoid)
         if settings.method != EXACT and quadrature(settings.method, n_steps)[0][0] == 0.0:
-            shares = _zero_shares(window_mask(lengths, conv.fs, a.shape[1]), settings.ties, a.dtype)
-        convs.append(_Windows(conv, w_out, rows, a, m, shares))
+            shares = _zero_shares(window_mask(lengths, conv.fs, n), settings.ties, a.dtype)
+        convs.append(_Windows(conv, w_out, a_k, m_k, shares))
     ref_logits = ref_logits.expand_as(logits)
-    steps, weights, at_zero = _choose_steps(convs, logits - ref_logits, settings, n_steps)
-    attributions = torch.zeros(b, t, dtype=model.fc.weight.dtype, device=ids.device)  # [B, T]
-    for w, g in zip(convs, weights):
-        _scatter_winners(attributions, w, g, settings.ties)
-        if at_zero is not None:  # at alpha = 0 every valid window ties (all equal p0)
-            per_token = (w.taps.table @ w.gradient_at_zero()).view(w.taps.fs, -1)  # [fs, V]
-            share = at_zero.unsqueeze(1) * w.zero_shares  # [B, T']
-            n = w.a.shape[1]
-            for j in range(w.taps.fs):
-                attributions[:, j : j + n] += share * per_token[j][ids[:, j : j + n]]
+    steps, g, at_zero = _choose_steps(convs, m, logits - ref_logits, settings, n_steps)
+    # [B, T] and one slot past them, where the padded taps of the narrower filters go (_winner_taps)
+    flat = torch.zeros(b * t + 1, dtype=model.fc.weight.dtype, device=ids.device)
+    attributions = flat[:-1].view(b, t)
+    tokens, values, conv_of = _winner_taps(taps, rows, a, m, first, tied, g, settings.ties, t)
+    if at_zero is None:
+        flat.index_add_(0, tokens, values)
+    for k, w in enumerate(convs) if at_zero is not None else ():
+        # this filter size's winners (the others' to the spare slot), then its alpha = 0 part, as before
+        flat.index_add_(0, torch.where(conv_of == k, tokens, b * t), values)
+        # at alpha = 0 every valid window ties (all equal p0)
+        block = w.taps.table.view(taps.vocab + 1, taps.stride, -1)[:, w.taps.offset : w.taps.offset + w.taps.fs]
+        per_token = (block.reshape(-1, block.shape[2]) @ w.gradient_at_zero()).view(-1, w.taps.fs)  # [V + 1, fs]
+        share = at_zero.unsqueeze(1) * w.zero_shares  # [B, T']
+        n = w.a.shape[1]
+        for j in range(w.taps.fs):
+            attributions[:, j : j + n] += share * per_token[:, j][ids[:, j : j + n]]
     delta = attributions.sum(dim=1) - (logits - ref_logits)
     return Attribution(attributions, delta, logits, ref_logits, steps, settings.method, "fast", settings.ties)
 
@@ -303,44 +317,107 @@ def _zero_shares(valid: torch.Tensor, ties: str, dtype: torch.dtype) -> torch.Te
     return shares.masked_fill_(valid, 1.0) / valid.sum(dim=1, keepdim=True)
 
 
-def _scatter_winners(attributions: torch.Tensor, w: _Windows, g: torch.Tensor, ties: str) -> None:
+def _winner_taps(taps: TapEngine, rows, a, m, first, tied, g, ties: str, t: int):
     """Backward through each channel's winning window(s): token t*+j gets share * (e - e0) . W[f, :, j],
-    the table entry already looked up in the forward pass. ``attributions`` [B, T] is added to."""
-    b, t = attributions.shape
-    if ties == "first":  # argmax returns the first maximal index, as F.max_pool1d's backward routes it
-        start = w.a.argmax(dim=1).flatten()  # [B * F]
-        row = torch.arange(b, device=g.device).repeat_interleave(g.shape[1])  # [B * F]
-        ch = torch.arange(g.shape[1], device=g.device).repeat(b)  # [B * F]
-        share = g.flatten()
+    the table entry already looked up in the forward pass. ``rows``, ``a``: ``TapEngine.windows``;
+    ``m``, ``first``, ``tied``, ``g``: [B, C * F] from ``_maxima``, and the channels' weights.
+
+    Returns (flat [B, T] index, value, filter size index) per tap of every winner, to add into the
+    attributions [B, T] in the order a pass per filter size would add them: filter size by
+    filter size, and in each ``first``: by row then channel; ``split``: by row, window, channel,
+    as ``nonzero`` lists them."""
+    b, cf = g.shape
+    nf = taps.n_filters
+    if ties == "first":  # the first maximal window, as F.max_pool1d's backward routes it
+        order = torch.arange(b * cf, device=g.device).view(b, -1, nf).transpose(0, 1).flatten()  # by size, row, channel
+        row, c = order // cf, order % cf
+        start, share = first.take(order), g.take(order)
     else:  # split: every window equal to the max gets an even share, as amax's backward
-        winners = w.a == w.m.unsqueeze(1)  # [B, T', F]
-        row, start, ch = winners.nonzero(as_tuple=True)  # [N] each; N = B*F without ties
-        # Copies per channel counted over the N winners, not by a second pass over [B, T', F]
-        # (a fifth of this function's time on CPU, same bits).
-        channel = row * g.shape[1] + ch  # [N] flat [B, F] index
-        share = g.flatten()[channel] / torch.bincount(channel, minlength=g.numel())[channel]  # [N]
-    values = w.taps.table[w.rows[row, start], ch.unsqueeze(1)] * share.unsqueeze(1)  # [N, fs]
-    tokens = (row * t + start).unsqueeze(1) + torch.arange(w.taps.fs, device=g.device)  # [N, fs] flat [B, T] index
-    attributions.view(-1).index_add_(0, tokens.flatten(), values.flatten())
+        row, start, c, copies = _split_winners(a, m, first, tied, nf)  # [N] each; N = B*C*F without ties
+        share = g.take(row * cf + c)
+        if copies is not None:
+            share = share / copies
+    k, ch = c // nf, c % nf  # [N] filter size, channel
+    j = torch.arange(taps.widest, device=g.device)  # a winner's taps, padded to the widest filter
+    tap = taps.offsets[k].unsqueeze(1) + j  # [N, widest] tap rows within a token block
+    padded = j >= taps.sizes[k].unsqueeze(1)  # taps past the filter: to the spare slot b * t
+    at = (row * rows.shape[1] + start).unsqueeze(1) * taps.stride + tap.clamp(max=taps.stride - 1)
+    table = taps.convs[0].table
+    values = table.view(-1).take(rows.take(at) * table.shape[1] + ch.unsqueeze(1)) * share.unsqueeze(1)
+    tokens = torch.where(padded, b * t, (row * t + start).unsqueeze(1) + j)  # [N, widest] flat [B, T] index
+    return tokens.flatten(), values.flatten(), k.unsqueeze(1).expand_as(tokens).flatten()
 
 
-def _choose_steps(convs: list, gap: torch.Tensor, settings: IGSettings, n_steps: int):
-    """Per review: the step count, each filter size's channel weights g [B, F] (the integrated
-    gradient of each channel's max), and the weight of an alpha = 0 node [B] (None if the rule has none).
+_GROUP = 16  # windows per group in _maxima
+
+
+def _maxima(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """a [B, T', C * F] (T' a multiple of _GROUP) -> each channel's max [B, C * F], its first window,
+    and whether another window reaches it too (a tie: copies of a repeated n-gram).
+
+    One ``amax`` over the windows in groups of _GROUP, the rest on [B, T' / _GROUP, C * F] and on
+    the winning group alone: ``max`` with its indices over all of ``a`` cost three times ``amax``,
+    a second pass to find ties as much again. The first maximal group, then its first maximal
+    window, is the first maximal window: the same as ``max``/``argmax`` give."""
+    b, n, cf = a.shape
+    groups = a.view(b, n // _GROUP, _GROUP, cf)
+    group_max = groups.amax(dim=2)  # [B, T' / G, C * F]
+    m = group_max.amax(dim=1)  # [B, C * F]
+    at_max = group_max == m.unsqueeze(1)
+    group = _first_true(at_max)  # the first group reaching the max
+    winning = groups.gather(1, group.view(b, 1, 1, cf).expand(b, 1, _GROUP, cf)).squeeze(1)  # [B, G, C * F]
+    hits = winning == m.unsqueeze(1)
+    first = group * _GROUP + _first_true(hits)
+    tied = (hits.sum(dim=1) > 1) | (at_max.sum(dim=1) > 1)
+    return m, first, tied
+
+
+def _first_true(mask: torch.Tensor) -> torch.Tensor:
+    """[B, K, X] bool, a True in each [b, :, x] -> [B, X] the index of the first: the largest of the
+    weights K, K - 1, ..., 1 where True (``argmax`` over dim 1 cost ten times this)."""
+    k = mask.shape[1]
+    weights = torch.arange(k, 0, -1, dtype=torch.int32, device=mask.device).view(1, k, 1)
+    return k - (mask * weights).amax(dim=1).long()
+
+
+def _split_winners(a, m, first, tied, nf: int):
+    """(row, window, channel, copies) of every window equal to its channel's max, sorted by filter
+    size, row, window, channel; ``copies``: how many windows share that max (int64), None when no
+    window does (the usual case). Only the tied channels are searched for all their windows."""
+    b, n, cf = a.shape
+    channel = torch.arange(b * cf, device=a.device)  # flat [B, C * F] index
+    row, c = channel // cf, channel % cf
+    start = first.flatten()
+    copies = None
+    if bool(tied.any()):
+        tb, tc = tied.nonzero(as_tuple=True)  # [K] the tied channels
+        hits = a[tb, :, tc] == m[tb, tc].unsqueeze(1)  # [K, T'] their winning windows
+        i, tw = hits.nonzero(as_tuple=True)
+        alone = ~tied.flatten()
+        row, start, c = torch.cat([row[alone], tb[i]]), torch.cat([start[alone], tw]), torch.cat([c[alone], tc[i]])
+        copies = torch.cat([torch.ones_like(channel)[alone], hits.sum(dim=1)[i]])
+    order = torch.argsort((((c // nf) * b + row) * n + start) * nf + c % nf)
+    return row.take(order), start.take(order), c.take(order), (copies.take(order) if copies is not None else None)
+
+
+def _choose_steps(convs: list, m: torch.Tensor, gap: torch.Tensor, settings: IGSettings, n_steps: int):
+    """Per review: the step count, the channel weights g [B, C * F] (the integrated gradient of
+    each channel's max; ``m`` [B, C * F] the maxima of all filter sizes), and the weight of an
+    alpha = 0 node [B] (None if the rule has none).
 
     Fixed steps: ``n_steps`` for every review. Adaptive: the first of n_steps, 2 n_steps, ... (up
     to max_steps) whose delta is within rtol -- read off before any backward work, since the
     attributions of a review sum to sum_f g_f * M_f (each winning window's tokens sum to its
     pre-activation M_f), plus for an alpha = 0 node its weight times the mean over valid windows.
+    The weights are computed for all filter sizes at once (elementwise: the same values).
     """
     b = gap.shape[0]
     device, dtype = gap.device, gap.dtype
+    p0 = torch.cat([w.taps.p0 for w in convs])  # [C * F]
+    w_out = torch.cat([w.w_out for w in convs])
+    nf = convs[0].w_out.shape[0]
     if settings.method == EXACT:
-        return (
-            torch.zeros(b, dtype=torch.long, device=device),
-            [_time_on(w.taps.p0, w.m, None) * w.w_out for w in convs],
-            None,
-        )
+        return torch.zeros(b, dtype=torch.long, device=device), _time_on(p0, m, None) * w_out, None
     candidates = step_counts(replace(settings, n_steps=n_steps))
     rules = [_rule(settings.method, n, dtype, device) for n in candidates]
     zero_sums = None  # [B] per unit of the alpha = 0 weight: the attributions it adds, summed
@@ -354,9 +431,10 @@ def _choose_steps(convs: list, gap: torch.Tensor, settings: IGSettings, n_steps:
         )
     chosen = steps = weights = at_zero = None
     for k, (n, rule) in enumerate(zip(candidates, rules)):
-        g = [_time_on(w.taps.p0, w.m, rule) * w.w_out for w in convs]  # [B, F] each
+        g = _time_on(p0, m, rule) * w_out  # [B, C * F]
         z = torch.full((b,), rule[2], dtype=dtype, device=device)
-        total = sum((gi * w.m).sum(dim=1) for gi, w in zip(g, convs))  # [B] sum of the attributions
+        # [B] sum of the attributions, filter size by filter size
+        total = sum((g[:, k * nf : (k + 1) * nf] * w.m).sum(dim=1) for k, w in enumerate(convs))
         if zero_sums is not None:
             total = total + z * zero_sums
         delta = (total - gap).abs()
@@ -366,7 +444,7 @@ def _choose_steps(convs: list, gap: torch.Tensor, settings: IGSettings, n_steps:
         else:
             take = done & ~chosen
             steps = torch.where(take, n, steps)
-            weights = [torch.where(take.unsqueeze(1), gi, wi) for gi, wi in zip(g, weights)]
+            weights = torch.where(take.unsqueeze(1), g, weights)
             at_zero = torch.where(take, z, at_zero)
             chosen = chosen | done
         if bool(chosen.all()):
@@ -379,9 +457,8 @@ class _Windows(NamedTuple):
 
     taps: TokenTaps
     w_out: torch.Tensor  # [F] its slice of the linear layer
-    rows: torch.Tensor  # [B, T', fs] table rows of each window
-    a: torch.Tensor  # [B, T', F] pre-activations minus p0; -inf past a review's length
-    m: torch.Tensor  # [B, F] max over time
+    a: torch.Tensor  # [B, T', F] pre-activations minus p0; -inf past a review's length (a view)
+    m: torch.Tensor  # [B, F] max over time (a view)
     zero_shares: torch.Tensor | None  # [B, T'] how the tie at alpha = 0 is shared (``_zero_shares``)
 
     def gradient_at_zero(self) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The tap-table engine: a SentimentCNN's convolutions as per-token tables, owned by one object.
 
 The convolutions only ever see the vocabulary's V token vectors, so projecting them once
-(12 x V x F floats: 120 MB for the shipped model) turns every later convolution into fs row
+(12 x V x F floats: 120 MB for the shipped model, each token's 12 rows together) turns every later convolution into fs row
 lookups per window -- one ``embedding_bag`` -- for predictions and Layer IG alike (on CPU about
 10x cheaper than the convolution at one thread). Windows with the same tokens also sum the same
 rows in the same order, so they get bit-identical values: max-pool ties between copies of a
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from handler.model import SentimentCNN, conv1d_weight, window_mask
+from handler.model import SentimentCNN, conv1d_weight
 
 
 class StaleTablesError(RuntimeError):
@@ -32,13 +32,20 @@ class StaleTablesError(RuntimeError):
 
 @dataclass(frozen=True)
 class TokenTaps:
-    """One convolution as per-vocabulary-token projections: ``table[j * V + v, f]`` is
-    (e_v - e_pad) . W[f, :, j], tap j of filter f on token v's embedding minus the padding
-    token's. A window's pre-activation is then p0 plus the sum of fs table rows, one per token."""
+    """One convolution as per-vocabulary-token projections, in the table its engine shares among
+    its convolutions: ``table[v * S + offset + j, f]`` is (e_v - e_pad) . W[f, :, j], tap j of
+    filter f on token v's embedding minus the padding token's, where S counts the taps of all
+    filter sizes. A window's pre-activation is then p0 plus the sum of fs table rows, one per token.
 
-    table: torch.Tensor  # [fs * V, F]
+    Each token's S rows are one block (one token's taps are read together, not from fs places
+    1/3 of the table apart), and block V, past the vocabulary, is -inf: positions past a review's
+    length point there (``TapEngine.token_rows``), so a window that reaches past it sums to -inf
+    and never wins a max-pool, with no mask to apply."""
+
+    table: torch.Tensor  # [(V + 1) * S, F], shared with the engine's other convolutions
     p0: torch.Tensor  # [F] pre-activation of an all-padding window (bias included)
     fs: int
+    offset: int  # this convolution's first row within a token's block
 
 
 def length_groups(
@@ -78,11 +85,37 @@ class TapEngine:
         with torch.no_grad():
             emb = model.embedding.weight  # [V, E]
             emb_pad = emb[model.embedding.padding_idx]  # [E]
+            sizes = [conv.kernel_size[0] for conv in model.convs]
+            self.vocab, self.stride = emb.shape[0], sum(sizes)
+            table = torch.empty(
+                (self.vocab + 1) * self.stride, model.config.n_filters, dtype=emb.dtype, device=emb.device
+            )
+            blocks = table.view(self.vocab + 1, self.stride, -1)  # [V + 1, S, F]
+            blocks[self.vocab] = float("-inf")
             self.convs: list[TokenTaps] = []
+            offset = 0
             for conv in model.convs:
                 w = conv1d_weight(conv)  # [F, E, fs]
-                table = torch.einsum("ve,fej->jvf", emb - emb_pad, w).reshape(-1, w.shape[0]).contiguous()
-                self.convs.append(TokenTaps(table, conv.bias + torch.einsum("fej,e->f", w, emb_pad), w.shape[2]))
+                # computed as [fs, V, F] (the tables' former layout, so the same sums), stored per token
+                per_tap = torch.einsum("ve,fej->jvf", emb - emb_pad, w)
+                blocks[: self.vocab, offset : offset + w.shape[2]] = per_tap.transpose(0, 1)
+                p0 = conv.bias + torch.einsum("fej,e->f", w, emb_pad)
+                self.convs.append(TokenTaps(table, p0, w.shape[2], offset))
+                offset += w.shape[2]
+            # The windows of all filter sizes in one embedding_bag (``windows``): window t of every
+            # size starts at token t; tap s of a token block belongs to position j(s) of its window.
+            self.narrowest, self.widest = min(sizes), max(sizes)
+            self.n_filters = model.config.n_filters
+            self._tap_position = torch.tensor([j for fs in sizes for j in range(fs)], device=emb.device)  # [S]
+            self._taps = torch.arange(self.stride, device=emb.device)  # [S]
+            self.offsets = torch.tensor([c.offset for c in self.convs], device=emb.device)  # [C] first taps
+            self.sizes = torch.tensor(sizes, device=emb.device)  # [C]
+
+    def token_rows(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] -> [B, T] each position's block in the table: id * S, or the -inf block past
+        the row's length (``lengths``: each row's min_len-padded length)."""
+        inside = torch.arange(ids.shape[1], device=ids.device) < lengths.unsqueeze(1)
+        return torch.where(inside, ids * self.stride, self.vocab * self.stride)
 
     def check(self) -> None:
         """Raise if the model's weights changed (in place or replaced) since the tables were built."""
@@ -103,33 +136,35 @@ class TapEngine:
         out = torch.empty(len(sorted_lengths), dtype=self.model.fc.weight.dtype, device=ids.device)
         for start, end in length_groups(sorted_lengths):
             rows = order[start:end]
-            width, shortest = sorted_lengths[end - 1], sorted_lengths[start]
-            out[rows] = self._logits(ids[rows, :width], lengths[rows], shortest)
+            width = sorted_lengths[end - 1]
+            out[rows] = self._logits(ids[rows, :width], lengths[rows])
         return out
 
-    def _logits(self, ids: torch.Tensor, lengths: torch.Tensor, shortest: int) -> torch.Tensor:
+    def _logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         model = self.model
         logits = model.fc.bias[0]
-        for taps, w_out in zip(self.convs, model.fc.weight[0].split(model.config.n_filters)):
-            _, a = window_sums(taps, ids, lengths, shortest)  # [B, T', F]
-            logits = logits + F.relu(taps.p0 + a.amax(dim=1)) @ w_out  # [B]
+        m = self.windows(self.token_rows(ids, lengths))[1].amax(dim=1)  # [B, C * F]
+        for k, (taps, w_out) in enumerate(zip(self.convs, model.fc.weight[0].split(self.n_filters))):
+            logits = logits + F.relu(taps.p0 + m[:, k * self.n_filters : (k + 1) * self.n_filters]) @ w_out  # [B]
         return logits
 
+    def windows(self, blocks: torch.Tensor, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """blocks [B, T] (``token_rows``) -> (table rows [B, T', S], pre-activations minus p0
+        [B, T', C * F]) of every window of every filter size, T' = T - narrowest + 1 windows each
+        (the narrowest filter's count, rounded up to a ``multiple``), in one ``embedding_bag`` call.
 
-def window_sums(
-    taps: TokenTaps, ids: torch.Tensor, lengths: torch.Tensor, shortest: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [B, T] -> (table rows [B, T', fs], pre-activations minus p0 [B, T', F]), T' = T - fs + 1;
-    windows that reach past a row's length are -inf, so they never win a max-pool. ``shortest`` is
-    min(lengths), known to the caller (read once, not with a device sync per filter size)."""
-    b, t = ids.shape
-    vocab = taps.table.shape[0] // taps.fs
-    rows = ids.unfold(1, taps.fs, 1) + torch.arange(taps.fs, device=ids.device) * vocab  # [B, T', fs]
-    a = F.embedding_bag(rows.reshape(-1, taps.fs), taps.table, mode="sum").view(b, rows.shape[1], -1)
-    tail = max(shortest - taps.fs + 1, 0)  # windows before this one are valid in every row
-    if tail < a.shape[1]:
-        a[:, tail:].masked_fill_(~window_mask(lengths, taps.fs, a.shape[1])[:, tail:, None], float("-inf"))
-    return rows, a
+        Column k * F + f is filter f of convolution k; rows[..., offset_k : offset_k + fs_k] are its
+        window's table rows. A window that reaches past a row's length, or past T (the wider
+        filters' last T' - (T - fs + 1) windows, which the narrowest has and they have not), sums a
+        row of the -inf block: it is -inf and never wins a max-pool. Each window sums the same rows
+        in the same order as a call per filter size would (bit for bit)."""
+        b, t = blocks.shape
+        n = -(-(t - self.narrowest + 1) // multiple) * multiple
+        padded = F.pad(blocks, (0, n - 1 + self.widest - t), value=self.vocab * self.stride)
+        rows = padded.unfold(1, self.widest, 1).index_select(2, self._tap_position) + self._taps  # [B, T', S]
+        offsets = (torch.arange(b * n, device=blocks.device) * self.stride).unsqueeze(1) + self.offsets
+        a = F.embedding_bag(rows.reshape(-1), self.convs[0].table, offsets.reshape(-1), mode="sum")
+        return rows, a.view(b, n, -1)
 
 
 def attach(model: SentimentCNN) -> TapEngine:
