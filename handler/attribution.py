@@ -271,23 +271,24 @@ def _fast(taps: TapEngine, ids, lengths, settings: IGSettings, n_steps: int) -> 
     b, t = ids.shape
     nf = taps.n_filters
     w_fc = model.fc.weight[0].split(nf)  # len(fs) x [F]
-    logits = ref_logits = model.fc.bias[0]
+    logits = model.fc.bias[0]
     # [B, T', S] table rows, [B, T', C * F] A = conv(e - e0); T' a multiple of _GROUP (for _maxima)
     rows, a = taps.windows(taps.token_rows(ids, lengths), _GROUP)
     m, first, tied = _maxima(a)  # [B, C * F] each: the max, its first window, whether another reaches it
+    p0 = torch.cat([conv.p0 for conv in taps.convs])  # [C * F]
+    on = F.relu(p0 + m)  # [B, C * F]
     convs = []
     for k, (conv, w_out) in enumerate(zip(taps.convs, w_fc)):
         n = t - conv.fs + 1  # this filter size's own windows
         a_k, m_k = a[:, :n, k * nf : (k + 1) * nf], m[:, k * nf : (k + 1) * nf]
-        # F at alpha = 1 and 0 from the same pre-activations: the model's own max-pool and fc.
-        logits = logits + F.relu(conv.p0 + m_k) @ w_out  # [B]
-        ref_logits = ref_logits + F.relu(conv.p0) @ w_out
+        # F at alpha = 1 from the same pre-activations: the model's own max-pool and fc.
+        logits = logits + on[:, k * nf : (k + 1) * nf] @ w_out  # [B]
         shares = None  # only rules with a node at alpha = 0 need them (riemann_left, riemann_trapezoid)
         if settings.method != EXACT and quadrature(settings.method, n_steps)[0][0] == 0.0:
             shares = _zero_shares(window_mask(lengths, conv.fs, n), settings.ties, a.dtype)
         convs.append(_Windows(conv, w_out, a_k, m_k, shares))
-    ref_logits = ref_logits.expand_as(logits)
-    steps, g, at_zero = _choose_steps(convs, m, logits - ref_logits, settings, n_steps)
+    ref_logits = taps.reference_logit().expand_as(logits)  # F at alpha = 0
+    steps, g, at_zero = _choose_steps(convs, p0, m, model.fc.weight[0], logits - ref_logits, settings, n_steps)
     # [B, T] and one slot past them, where the padded taps of the narrower filters go (_winner_taps)
     flat = torch.zeros(b * t + 1, dtype=model.fc.weight.dtype, device=ids.device)
     attributions = flat[:-1].view(b, t)
@@ -296,7 +297,8 @@ def _fast(taps: TapEngine, ids, lengths, settings: IGSettings, n_steps: int) -> 
         flat.index_add_(0, tokens, values)
     for k, w in enumerate(convs) if at_zero is not None else ():
         # this filter size's winners (the others' to the spare slot), then its alpha = 0 part, as before
-        flat.index_add_(0, torch.where(conv_of == k, tokens, b * t), values)
+        own = (conv_of == k).repeat_interleave(taps.widest)
+        flat.index_add_(0, torch.where(own, tokens, b * t), values)
         # at alpha = 0 every valid window ties (all equal p0)
         block = w.taps.table.view(taps.vocab + 1, taps.stride, -1)[:, w.taps.offset : w.taps.offset + w.taps.fs]
         per_token = (block.reshape(-1, block.shape[2]) @ w.gradient_at_zero()).view(-1, w.taps.fs)  # [V + 1, fs]
@@ -322,7 +324,8 @@ def _winner_taps(taps: TapEngine, rows, a, m, first, tied, g, ties: str, t: int)
     the table entry already looked up in the forward pass. ``rows``, ``a``: ``TapEngine.windows``;
     ``m``, ``first``, ``tied``, ``g``: [B, C * F] from ``_maxima``, and the channels' weights.
 
-    Returns (flat [B, T] index, value, filter size index) per tap of every winner, to add into the
+    Returns (flat [B, T] index, value) per tap of every winner (padded to the widest filter: the
+    padding's index is the spare slot B * T), and the filter size index per winner, to add into the
     attributions [B, T] in the order a pass per filter size would add them: filter size by
     filter size, and in each ``first``: by row then channel; ``split``: by row, window, channel,
     as ``nonzero`` lists them."""
@@ -338,14 +341,13 @@ def _winner_taps(taps: TapEngine, rows, a, m, first, tied, g, ties: str, t: int)
         if copies is not None:
             share = share / copies
     k, ch = c // nf, c % nf  # [N] filter size, channel
-    j = torch.arange(taps.widest, device=g.device)  # a winner's taps, padded to the widest filter
-    tap = taps.offsets[k].unsqueeze(1) + j  # [N, widest] tap rows within a token block
-    padded = j >= taps.sizes[k].unsqueeze(1)  # taps past the filter: to the spare slot b * t
-    at = (row * rows.shape[1] + start).unsqueeze(1) * taps.stride + tap.clamp(max=taps.stride - 1)
+    # each winner's taps, padded to the widest filter: [N, widest]; padding goes to the spare slot b * t
+    at = (row * rows.shape[1] + start).unsqueeze(1) * taps.stride + taps.tap_rows[k]
     table = taps.convs[0].table
     values = table.view(-1).take(rows.take(at) * table.shape[1] + ch.unsqueeze(1)) * share.unsqueeze(1)
-    tokens = torch.where(padded, b * t, (row * t + start).unsqueeze(1) + j)  # [N, widest] flat [B, T] index
-    return tokens.flatten(), values.flatten(), k.unsqueeze(1).expand_as(tokens).flatten()
+    j = torch.arange(taps.widest, device=g.device)
+    tokens = torch.where(taps.tap_padding[k], b * t, (row * t + start).unsqueeze(1) + j)  # flat [B, T] index
+    return tokens.flatten(), values.flatten(), k
 
 
 _GROUP = 16  # windows per group in _maxima
@@ -400,10 +402,10 @@ def _split_winners(a, m, first, tied, nf: int):
     return row.take(order), start.take(order), c.take(order), (copies.take(order) if copies is not None else None)
 
 
-def _choose_steps(convs: list, m: torch.Tensor, gap: torch.Tensor, settings: IGSettings, n_steps: int):
+def _choose_steps(convs: list, p0, m, w_out, gap: torch.Tensor, settings: IGSettings, n_steps: int):
     """Per review: the step count, the channel weights g [B, C * F] (the integrated gradient of
-    each channel's max; ``m`` [B, C * F] the maxima of all filter sizes), and the weight of an
-    alpha = 0 node [B] (None if the rule has none).
+    each channel's max; ``p0`` [C * F], ``m`` [B, C * F], ``w_out`` [C * F]: all filter sizes'),
+    and the weight of an alpha = 0 node [B] (None if the rule has none).
 
     Fixed steps: ``n_steps`` for every review. Adaptive: the first of n_steps, 2 n_steps, ... (up
     to max_steps) whose delta is within rtol -- read off before any backward work, since the
@@ -413,8 +415,6 @@ def _choose_steps(convs: list, m: torch.Tensor, gap: torch.Tensor, settings: IGS
     """
     b = gap.shape[0]
     device, dtype = gap.device, gap.dtype
-    p0 = torch.cat([w.taps.p0 for w in convs])  # [C * F]
-    w_out = torch.cat([w.w_out for w in convs])
     nf = convs[0].w_out.shape[0]
     if settings.method == EXACT:
         return torch.zeros(b, dtype=torch.long, device=device), _time_on(p0, m, None) * w_out, None

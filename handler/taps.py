@@ -109,7 +109,13 @@ class TapEngine:
             self._tap_position = torch.tensor([j for fs in sizes for j in range(fs)], device=emb.device)  # [S]
             self._taps = torch.arange(self.stride, device=emb.device)  # [S]
             self.offsets = torch.tensor([c.offset for c in self.convs], device=emb.device)  # [C] first taps
-            self.sizes = torch.tensor(sizes, device=emb.device)  # [C]
+            # per convolution, its taps padded to the widest filter: row within a token block (kept
+            # inside the block), and whether it is padding
+            j = torch.arange(self.widest, device=emb.device)
+            self.tap_rows = (self.offsets.unsqueeze(1) + j).clamp(max=self.stride - 1)  # [C, widest]
+            self.tap_padding = j >= torch.tensor(sizes, device=emb.device).unsqueeze(1)  # [C, widest]
+            self._bag_offsets = torch.zeros(0, dtype=torch.long, device=emb.device)
+            self._reference: tuple | None = None
 
     def token_rows(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids [B, T] -> [B, T] each position's block in the table: id * S, or the -inf block past
@@ -162,9 +168,29 @@ class TapEngine:
         n = -(-(t - self.narrowest + 1) // multiple) * multiple
         padded = F.pad(blocks, (0, n - 1 + self.widest - t), value=self.vocab * self.stride)
         rows = padded.unfold(1, self.widest, 1).index_select(2, self._tap_position) + self._taps  # [B, T', S]
-        offsets = (torch.arange(b * n, device=blocks.device) * self.stride).unsqueeze(1) + self.offsets
-        a = F.embedding_bag(rows.reshape(-1), self.convs[0].table, offsets.reshape(-1), mode="sum")
+        a = F.embedding_bag(rows.reshape(-1), self.convs[0].table, self.bag_offsets(b * n), mode="sum")
         return rows, a.view(b, n, -1)
+
+    def bag_offsets(self, windows: int) -> torch.Tensor:
+        """The first row of each bag of ``windows`` windows of all sizes, [windows * C]: window w's
+        bag of convolution k starts at w * S + offset_k. Kept between calls, grown when short."""
+        if self._bag_offsets.numel() < windows * len(self.convs):
+            grown = max(windows, 2 * self._bag_offsets.numel() // len(self.convs), 4096)
+            starts = torch.arange(grown, device=self.offsets.device).unsqueeze(1) * self.stride
+            self._bag_offsets = (starts + self.offsets).flatten()
+        return self._bag_offsets[: windows * len(self.convs)]
+
+    def reference_logit(self) -> torch.Tensor:
+        """F(all-padding reference) = fc.bias + sum_k ReLU(p0_k) . w_k, the same for every review;
+        computed again only when a p0 or the linear layer changes (their versions)."""
+        fc = self.model.fc
+        key = (fc.weight._version, fc.bias._version, fc.weight.data_ptr(), *(c.p0._version for c in self.convs))
+        if self._reference is None or self._reference[0] != key:
+            ref = fc.bias[0]
+            for conv, w_out in zip(self.convs, fc.weight[0].split(self.n_filters)):
+                ref = ref + F.relu(conv.p0) @ w_out
+            self._reference = (key, ref)
+        return self._reference[1]
 
 
 def attach(model: SentimentCNN) -> TapEngine:
