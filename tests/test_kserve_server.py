@@ -197,7 +197,7 @@ def test_concurrent_clients_are_batched_and_counted_under_torchserves_metric_nam
     assert reviews == 64 and batches < 64  # the engine saw batches, not single reviews
     assert set(COUNTERS) <= set(after) and {f"{h}_count" for h in HISTOGRAMS} <= set(after)
     text = requests.get(f"{url}/metrics", timeout=5).text
-    assert re.search(r'imdb_reviews_total\{hostname="[^"]+",model_name="imdb_sentiment",model_version="1.0"\}', text)
+    assert re.search(r'imdb_reviews_total\{Hostname="[^"]+",model_name="imdb_sentiment",model_version="1.0"\}', text)
 
 
 def test_the_server_counts_its_one_model_load_as_a_worker_start(url: str) -> None:

@@ -255,6 +255,8 @@ def test_custom_metrics_are_prometheus_counters_and_histograms_with_a_version(sh
     for name in CONTRACT_METRICS:
         assert re.search(rf'\n{name}\{{[^}}]*model_name="{MODEL}",model_version="1\.0"', text), name
     assert "# TYPE imdb_batch_seconds histogram" in text and "# TYPE imdb_reviews_total counter" in text
+    # One hostname label spelling on every series, TorchServe's own and ours (metrics.yaml).
+    assert re.search(r'\nts_inference_requests_total\{[^}]*Hostname="', text) and 'hostname="' not in text
 
 
 def versions(shared: Shared) -> tuple[list[str], str]:
