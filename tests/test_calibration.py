@@ -87,7 +87,9 @@ def test_a_temperature_never_moves_a_score_across_one_half(logits, temperature):
     cal = Calibration(temperature)
     assert ((cal.probability(z) - 0.5) * z >= 0).all()
     assert all((cal.score(v) - 0.5) * v >= 0 for v in logits)
-    assert all(cal.score(v) == pytest.approx(float(cal.probability(torch.tensor(v)))) for v in logits)
+    assert all(
+        cal.score(v) == pytest.approx(float(cal.probability(torch.tensor(v, dtype=torch.float64)))) for v in logits
+    )
 
 
 def test_calibration_loads_from_model_config_and_defaults_to_one(tmp_path):
