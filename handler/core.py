@@ -37,7 +37,7 @@ from handler.model import load_model
 from handler.payload import Request, RequestError, Review
 from handler.settings import HandlerSettings
 from handler.taps import TapEngine
-from handler.text import EncodedBatch, TextSettings, Vocab, encode, tokenize
+from handler.text import EncodedBatch, TextSettings, Vocab, encode, tokenize, warm_tokenizer
 
 logger = logging.getLogger(__name__)
 MODEL = "imdb_sentiment"
@@ -122,6 +122,8 @@ class SentimentCore:
         self.device = device.select(gpu_id, self.settings)
         self.model = load_model(model_dir, self.device)
         self.vocab = Vocab.load(model_dir)
+        self.vocab.orth_table()  # spaCy id -> vocabulary id, and spaCy's cache of the words, now, not in a request
+        warm_tokenizer(self.vocab.itos[2:])
         widest = max(self.model.config.filter_sizes)
         if self.text.min_len < widest:
             raise ValueError(f"text min_len {self.text.min_len} is below the widest filter ({widest})")

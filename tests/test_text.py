@@ -224,3 +224,104 @@ def test_spread_stretches_of_symbols_keep_spacys_tokens(text):
 def test_lone_surrogates_become_replacement_characters_and_pairs_are_joined():
     assert tokenize(["good \ud800 movie"]) == [["good", "\ufffd", "movie"]]
     assert tokenize(["good \ud83d\ude00 movie"]) == tokenize(["good \U0001f600 movie"])
+
+
+# --- memory (issue 20) and the array path (issue 18) ---------------------------------------------
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _unique_words(rng: random.Random, n: int) -> list[str]:
+    letters = rng.choices("abcdefghijklmnopqrstuvwxyz", k=10 * n)
+    return ["".join(letters[i : i + 10]) for i in range(0, 10 * n, 10)]
+
+
+def test_200k_unseen_words_leave_the_string_store_and_rss_where_they_were():
+    """spaCy kept every new string (and a lexeme) forever: 200,000 random words grew the store by
+    200,000 and RSS by ~90 MB. Tokenizing runs in spaCy's memory zone now: nothing stays."""
+    rng = random.Random(0)
+    tokenize([" ".join(_unique_words(rng, 100)) for _ in range(200)])  # the allocator's first pools
+    strings, rss = len(spacy_tokenizer().vocab.strings), _rss_mb()
+    for _ in range(20):  # 20 batches of 100 reviews of 100 unseen words
+        texts = [" ".join(_unique_words(rng, 100)) for _ in range(100)]
+        assert [len(t) for t in tokenize(texts)] == [100] * 100
+    grown_strings, grown_rss = len(spacy_tokenizer().vocab.strings) - strings, _rss_mb() - rss
+    assert grown_strings < 100, f"the string store grew by {grown_strings}"
+    assert grown_rss < 25, f"RSS grew by {grown_rss:.0f} MB"
+
+
+def test_after_rebuild_after_unseen_words_the_tokenizer_is_rebuilt_warm_with_the_same_tokens(monkeypatch):
+    """spaCy's hash tables keep a tombstone per freed string and double when they fill: the
+    tokenizer is rebuilt after REBUILD_AFTER unseen words, warmed again, with the same tokens."""
+    import handler.text as text
+
+    text.warm_tokenizer(["zzvocabword", "other"])
+    expected = tokenize(["Zzvocabword, other: !!!!!wow!!!!! 10/10"])
+    monkeypatch.setattr(text, "REBUILD_AFTER", 1_000)
+    first = text.spacy_nlp()
+    tokenize([" ".join(_unique_words(random.Random(1), 2_000))])
+    tokenize(["next request"])  # the rebuild happens before the zone after the one that passed the bound
+    assert text.spacy_nlp() is not first and text._unseen < 1_000
+    assert hash(("zzvocabword", "other")) in text._warmed  # warmed again
+    assert tokenize(["Zzvocabword, other: !!!!!wow!!!!! 10/10"]) == expected
+
+
+def test_tokens_carry_spacys_ids_and_encode_gives_the_ids_of_lookup():
+    # "case", "det" and "mark" are among the strings spaCy numbers as symbols, not by hash
+    texts = ["The case, the det and the MARK of a great movie!", "", "unknownwordxyz " * 600, "good"]
+    tokens = tokenize(texts)
+    vocab = Vocab([UNK, PAD, "the", "case", "det", "mark", "movie", "!", "good", ","])
+    assert all(len(t.orths) == len(t) for t in tokens)
+    fast, plain = encode(tokens, vocab, 7, 512), encode([list(t) for t in tokens], vocab, 7, 512)
+    assert torch.equal(fast.ids, plain.ids) and torch.equal(fast.lengths, plain.lengths)
+    assert (fast.tokens, fast.truncated, fast.n_unknown) == (plain.tokens, plain.truncated, plain.n_unknown)
+    assert fast.ids[0, :4].tolist() == [2, 3, 9, 2] and fast.truncated == [False, False, True, False]
+
+
+def test_encode_of_a_changed_token_list_falls_back_to_lookup():
+    tokens = tokenize(["good movie"])[0]
+    tokens.append("!")  # the spaCy ids no longer match the list
+    assert encode([tokens], Vocab([UNK, PAD, "good", "movie", "!"])).ids[0, :3].tolist() == [2, 3, 4]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PLAIN_WORD))
+def test_tokens_equal_an_untouched_spacy_blank_english(words):
+    """The served tokenizer computes only the lexical attribute it reads (IS_SPACE): tokens must
+    still be those of a spacy.blank("en") nobody touched."""
+    text = " ".join(words)
+    assert tokenize([text])[0] == [t.text for t in _PRISTINE(clean(text)) if not t.is_space]
+
+
+def _pristine_tokenizer():
+    import spacy
+
+    return spacy.blank("en").tokenizer
+
+
+_PRISTINE = _pristine_tokenizer()
+
+# --- the replies' JSON (handler.sentiment_handler.compact_json) -----------------------------------
+
+JSON_FLOATS = st.one_of(st.floats(), st.floats(-1e-3, 1e-3), st.floats(width=32))
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), JSON_FLOATS, st.text(ANY_CHAR)),
+    lambda inner: st.one_of(
+        st.lists(inner), st.lists(JSON_FLOATS), st.lists(st.text(ANY_CHAR)), st.dictionaries(st.text(ANY_CHAR), inner)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(JSON_VALUES)
+def test_the_replies_json_is_json_dumps_byte_for_byte(value):
+    import json
+
+    from handler.sentiment_handler import compact_json
+
+    assert compact_json(value) == json.dumps(value, separators=(",", ":"))
