@@ -255,26 +255,43 @@ class Vocab:
         return [self.stoi.get(t, self.unk_idx) for t in tokens]
 
     def orth_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """(spaCy's ORTH ids of the tokens, sorted [V] uint64; their vocabulary ids [V] int64),
-        built on first use. spaCy's ORTH of a token is ``get_string_id`` of its text: a 64-bit
+        """(slots [2^k] uint64, ids [2^k] int64): spaCy's ORTH id of each token in an open-addressing
+        hash table (the ORTH's low bits, then the next slots; 0 is empty), built on first use,
+        at most a quarter full. spaCy's ORTH of a token is ``get_string_id`` of its text: a 64-bit
         hash, or a symbol's number for the few strings spaCy reserves (``case``, ``det``, ...)."""
         if self._orth_table is None:
             from spacy.strings import get_string_id
 
-            keys = np.array([get_string_id(t) for t in self.itos], dtype=np.uint64)
-            order = np.argsort(keys, kind="stable")
-            if len(np.unique(keys)) != len(keys):  # two tokens with one hash: no id could be told apart
+            keys = [get_string_id(t) for t in self.itos]
+            if len(set(keys)) != len(keys) or 0 in keys:  # two tokens with one id could not be told apart
                 raise ValueError("two vocabulary tokens share spaCy's 64-bit string id")
-            self._orth_table = keys[order], order.astype(np.int64)
+            size = 1 << max(4, (4 * len(keys) - 1).bit_length())
+            slots, ids = np.zeros(size, dtype=np.uint64), np.zeros(size, dtype=np.int64)
+            for i, key in enumerate(keys):
+                at = key & (size - 1)
+                while slots[at]:
+                    at = (at + 1) & (size - 1)
+                slots[at], ids[at] = key, i
+            self._orth_table = slots, ids
         return self._orth_table
 
     def orth_ids(self, orths: np.ndarray) -> np.ndarray:
         """spaCy ORTH ids [n] -> vocabulary ids [n] int64 (``<unk>`` where absent): ``lookup`` of the
-        tokens' texts, in one binary search. Two strings with one 64-bit hash would share an id;
-        among the vocabulary's there are none (checked when the table is built)."""
-        keys, ids = self.orth_table()
-        pos = np.minimum(np.searchsorted(keys, orths), len(keys) - 1)
-        return np.where(keys[pos] == orths, ids[pos], self.unk_idx)
+        tokens' texts, a few vectorised probes of the hash table (most tokens are settled by the
+        first; a binary search took twice as long). Two strings with one 64-bit hash would share
+        an id; among the vocabulary's there are none (checked when the table is built)."""
+        slots, ids = self.orth_table()
+        mask = len(slots) - 1
+        at = (orths & np.uint64(mask)).astype(np.intp)
+        out = np.full(len(orths), self.unk_idx, dtype=np.int64)
+        todo = np.arange(len(orths))
+        while todo.size:
+            found = slots[at]
+            hit = found == orths[todo]
+            out[todo[hit]] = ids[at[hit]]
+            going = ~hit & (found != 0)  # neither found nor at an empty slot: probe the next
+            todo, at = todo[going], (at[going] + 1) & mask
+        return out
 
     @classmethod
     def build(cls, token_lists: Iterable[Sequence[str]], max_size: int, min_freq: int = 1) -> Vocab:

@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_artifacts  # noqa: F401  (puts the repo on sys.path)
@@ -325,3 +326,15 @@ def test_the_replies_json_is_json_dumps_byte_for_byte(value):
     from handler.sentiment_handler import compact_json
 
     assert compact_json(value) == json.dumps(value, separators=(",", ":"))
+
+
+def test_the_orth_hash_table_gives_lookups_ids_for_every_word_and_unk_for_others():
+    from spacy.strings import get_string_id
+
+    rng = random.Random(2)
+    words = sorted(set(_unique_words(rng, 5_000) + ["case", "det", "mark", "!", "'s"]))
+    vocab = Vocab([UNK, PAD, *words])
+    probe = words + _unique_words(rng, 2_000) + [UNK, PAD]
+    orths = np.array([get_string_id(w) for w in probe], dtype=np.uint64)
+    assert vocab.orth_ids(orths).tolist() == vocab.lookup(probe)
+    assert vocab.orth_ids(np.zeros(0, dtype=np.uint64)).tolist() == []
