@@ -187,6 +187,8 @@ def _run(model, ids, lengths, settings: IGSettings, n_steps: int) -> Attribution
     b, t = ids.shape
     fn = _fast if settings.engine == "fast" else _captum
     order, chunks = chunk_plan(model, lengths, settings)
+    if settings.engine == "fast" and not _has_zero_node(settings, n_steps):
+        return _fast_batch(model, ids, lengths, order, chunks, settings, n_steps)
     parts = []
     for start, end, width in chunks:
         rows = order[start:end]
@@ -284,7 +286,7 @@ def _fast(taps: TapEngine, ids, lengths, settings: IGSettings, n_steps: int) -> 
         # F at alpha = 1 from the same pre-activations: the model's own max-pool and fc.
         logits = logits + on[:, k * nf : (k + 1) * nf] @ w_out  # [B]
         shares = None  # only rules with a node at alpha = 0 need them (riemann_left, riemann_trapezoid)
-        if settings.method != EXACT and quadrature(settings.method, n_steps)[0][0] == 0.0:
+        if _has_zero_node(settings, n_steps):
             shares = _zero_shares(window_mask(lengths, conv.fs, n), settings.ties, a.dtype)
         convs.append(_Windows(conv, w_out, a_k, m_k, shares))
     ref_logits = taps.reference_logit().expand_as(logits)  # F at alpha = 0
@@ -292,7 +294,8 @@ def _fast(taps: TapEngine, ids, lengths, settings: IGSettings, n_steps: int) -> 
     # [B, T] and one slot past them, where the padded taps of the narrower filters go (_winner_taps)
     flat = torch.zeros(b * t + 1, dtype=model.fc.weight.dtype, device=ids.device)
     attributions = flat[:-1].view(b, t)
-    tokens, values, conv_of = _winner_taps(taps, rows, a, m, first, tied, g, settings.ties, t)
+    forward = _Forward(rows.flatten(), torch.arange(b, device=ids.device) * rows[0].numel(), None, [(0, a)])
+    tokens, values, conv_of = _winner_taps(taps, forward, m, first, tied, g, settings.ties, t)
     if at_zero is None:
         flat.index_add_(0, tokens, values)
     for k, w in enumerate(convs) if at_zero is not None else ():
@@ -310,6 +313,79 @@ def _fast(taps: TapEngine, ids, lengths, settings: IGSettings, n_steps: int) -> 
     return Attribution(attributions, delta, logits, ref_logits, steps, settings.method, "fast", settings.ties)
 
 
+def _has_zero_node(settings: IGSettings, n_steps: int) -> bool:
+    """Whether the rule has a node at alpha = 0 (riemann_left, riemann_trapezoid), where every window ties."""
+    return settings.method != EXACT and quadrature(settings.method, n_steps)[0][0] == 0.0
+
+
+class _Forward(NamedTuple):
+    """The forward pass's table rows, for the backward scatter: of one chunk (``_fast``) or of all
+    the chunks of a batch (``_fast_batch``), rows numbered in the order of ``m`` and ``first``."""
+
+    rows: torch.Tensor  # every window's S table rows, all chunks one after the other, flat
+    row_base: torch.Tensor  # [B] where each row's windows start in ``rows``
+    out_row: torch.Tensor | None  # [B] each row's row in the output (None: the same)
+    a_parts: list  # (first row, a [rows, T', C * F]) per chunk, for ties
+
+
+@torch.inference_mode()
+def _fast_batch(taps: TapEngine, ids, lengths, order, chunks, settings: IGSettings, n_steps: int) -> Attribution:
+    """``_fast`` for all chunks of the plan in one call, for rules without a node at alpha = 0.
+
+    Each chunk's forward pass (table rows, maxima, logits) runs at its own width, as in one call
+    per chunk; what follows is per channel or per winner ([B, C * F], not windows), so it runs
+    once for the batch: a call's fixed cost of small kernels, paid once instead of per length
+    group. Per row the same sums in the same order as ``_fast`` per chunk (same bits); the
+    batch's rows come in the plan's order and go back with one permutation at the end."""
+    taps.check()
+    model = taps.model
+    b, t = ids.shape
+    nf = taps.n_filters
+    w_fc = model.fc.weight[0].split(nf)
+    p0 = torch.cat([conv.p0 for conv in taps.convs])  # [C * F]
+    rows, bases, parts, ms, firsts, tieds, logits = [], [], [], [], [], [], []
+    offset = 0
+    for start, end, width in chunks:
+        sel = order[start:end]
+        rows_c, a = taps.windows(taps.token_rows(ids[sel, :width], lengths[sel]), _GROUP)
+        m, first, tied = _maxima(a)
+        on = F.relu(p0 + m)
+        logit = model.fc.bias[0]
+        for k, w_out in enumerate(w_fc):  # per chunk: a matrix-vector product's bits depend on its rows
+            logit = logit + on[:, k * nf : (k + 1) * nf] @ w_out
+        rows.append(rows_c.flatten())
+        bases.append(offset + torch.arange(end - start, device=ids.device) * rows_c[0].numel())
+        parts.append((start, a))
+        offset += rows_c.numel()
+        ms.append(m), firsts.append(first), tieds.append(tied), logits.append(logit)
+    m, logits = torch.cat(ms), torch.cat(logits)  # [B, C * F], [B] in the plan's order
+    ref_logits = taps.reference_logit().expand_as(logits)
+    convs = [
+        _Windows(conv, w_out, None, m[:, k * nf : (k + 1) * nf], None)
+        for k, (conv, w_out) in enumerate(zip(taps.convs, w_fc))
+    ]
+    steps, g, _ = _choose_steps(convs, p0, m, model.fc.weight[0], logits - ref_logits, settings, n_steps)
+    forward = _Forward(torch.cat(rows), torch.cat(bases), order, parts)
+    tokens, values, _ = _winner_taps(taps, forward, m, torch.cat(firsts), torch.cat(tieds), g, settings.ties, t)
+    flat = torch.zeros(b * t + 1, dtype=model.fc.weight.dtype, device=ids.device)
+    flat.index_add_(0, tokens, values)
+    attributions = flat[:-1].view(b, t)  # in the batch's own row order
+    # each row summed over its chunk's width, as its own call would
+    sums = torch.cat([attributions[order[start:end], :width].sum(dim=1) for start, end, width in chunks])
+    back = torch.argsort(order)
+    delta = (sums - (logits - ref_logits)).take(back)
+    return Attribution(
+        attributions,
+        delta,
+        logits.take(back),
+        ref_logits.clone(),
+        steps.take(back),
+        settings.method,
+        "fast",
+        settings.ties,
+    )
+
+
 def _zero_shares(valid: torch.Tensor, ties: str, dtype: torch.dtype) -> torch.Tensor:
     """[B, T'] each window's share of a channel's gradient at alpha = 0, where all valid windows tie:
     even over the valid windows (``split``), or all to the first window (``first``)."""
@@ -319,10 +395,10 @@ def _zero_shares(valid: torch.Tensor, ties: str, dtype: torch.dtype) -> torch.Te
     return shares.masked_fill_(valid, 1.0) / valid.sum(dim=1, keepdim=True)
 
 
-def _winner_taps(taps: TapEngine, rows, a, m, first, tied, g, ties: str, t: int):
+def _winner_taps(taps: TapEngine, forward: _Forward, m, first, tied, g, ties: str, t: int):
     """Backward through each channel's winning window(s): token t*+j gets share * (e - e0) . W[f, :, j],
-    the table entry already looked up in the forward pass. ``rows``, ``a``: ``TapEngine.windows``;
-    ``m``, ``first``, ``tied``, ``g``: [B, C * F] from ``_maxima``, and the channels' weights.
+    the table entry already looked up in the forward pass (``forward``); ``m``, ``first``,
+    ``tied``, ``g``: [B, C * F] from ``_maxima``, and the channels' weights.
 
     Returns (flat [B, T] index, value) per tap of every winner (padded to the widest filter: the
     padding's index is the spare slot B * T), and the filter size index per winner, to add into the
@@ -336,17 +412,18 @@ def _winner_taps(taps: TapEngine, rows, a, m, first, tied, g, ties: str, t: int)
         row, c = order // cf, order % cf
         start, share = first.take(order), g.take(order)
     else:  # split: every window equal to the max gets an even share, as amax's backward
-        row, start, c, copies = _split_winners(a, m, first, tied, nf)  # [N] each; N = B*C*F without ties
+        row, start, c, copies = _split_winners(forward, m, first, tied, nf)  # [N] each; N = B*C*F without ties
         share = g.take(row * cf + c)
         if copies is not None:
             share = share / copies
     k, ch = c // nf, c % nf  # [N] filter size, channel
     # each winner's taps, padded to the widest filter: [N, widest]; padding goes to the spare slot b * t
-    at = (row * rows.shape[1] + start).unsqueeze(1) * taps.stride + taps.tap_rows[k]
+    at = (forward.row_base.take(row) + start * taps.stride).unsqueeze(1) + taps.tap_rows[k]
     table = taps.convs[0].table
-    values = table.view(-1).take(rows.take(at) * table.shape[1] + ch.unsqueeze(1)) * share.unsqueeze(1)
+    values = table.view(-1).take(forward.rows.take(at) * table.shape[1] + ch.unsqueeze(1)) * share.unsqueeze(1)
     j = torch.arange(taps.widest, device=g.device)
-    tokens = torch.where(taps.tap_padding[k], b * t, (row * t + start).unsqueeze(1) + j)  # flat [B, T] index
+    out_row = row if forward.out_row is None else forward.out_row.take(row)
+    tokens = torch.where(taps.tap_padding[k], b * t, (out_row * t + start).unsqueeze(1) + j)  # flat [B, T] index
     return tokens.flatten(), values.flatten(), k
 
 
@@ -382,22 +459,27 @@ def _first_true(mask: torch.Tensor) -> torch.Tensor:
     return k - (mask * weights).amax(dim=1).long()
 
 
-def _split_winners(a, m, first, tied, nf: int):
+def _split_winners(forward: _Forward, m, first, tied, nf: int):
     """(row, window, channel, copies) of every window equal to its channel's max, sorted by filter
     size, row, window, channel; ``copies``: how many windows share that max (int64), None when no
     window does (the usual case). Only the tied channels are searched for all their windows."""
-    b, n, cf = a.shape
-    channel = torch.arange(b * cf, device=a.device)  # flat [B, C * F] index
+    b, cf = m.shape
+    channel = torch.arange(b * cf, device=m.device)  # flat [B, C * F] index
     row, c = channel // cf, channel % cf
     start = first.flatten()
     copies = None
     if bool(tied.any()):
         tb, tc = tied.nonzero(as_tuple=True)  # [K] the tied channels
-        hits = a[tb, :, tc] == m[tb, tc].unsqueeze(1)  # [K, T'] their winning windows
-        i, tw = hits.nonzero(as_tuple=True)
-        alone = ~tied.flatten()
-        row, start, c = torch.cat([row[alone], tb[i]]), torch.cat([start[alone], tw]), torch.cat([c[alone], tc[i]])
-        copies = torch.cat([torch.ones_like(channel)[alone], hits.sum(dim=1)[i]])
+        alone = ~tied.flatten()  # each the only window at its max: one copy
+        found = [(row[alone], start[alone], c[alone], torch.ones_like(channel)[: b * cf - tb.numel()])]
+        for lo, a in forward.a_parts:
+            mine = (tb >= lo) & (tb < lo + a.shape[0])
+            rb, rc = tb[mine], tc[mine]
+            hits = a[rb - lo, :, rc] == m[rb, rc].unsqueeze(1)  # [K', T'] their winning windows
+            i, tw = hits.nonzero(as_tuple=True)
+            found.append((rb[i], tw, rc[i], hits.sum(dim=1)[i]))
+        row, start, c, copies = (torch.cat(parts) for parts in zip(*found))
+    n = max(a.shape[1] for _, a in forward.a_parts)
     order = torch.argsort((((c // nf) * b + row) * n + start) * nf + c % nf)
     return row.take(order), start.take(order), c.take(order), (copies.take(order) if copies is not None else None)
 
@@ -457,7 +539,7 @@ class _Windows(NamedTuple):
 
     taps: TokenTaps
     w_out: torch.Tensor  # [F] its slice of the linear layer
-    a: torch.Tensor  # [B, T', F] pre-activations minus p0; -inf past a review's length (a view)
+    a: torch.Tensor | None  # [B, T', F] pre-activations minus p0; -inf past a review's length (a view)
     m: torch.Tensor  # [B, F] max over time (a view)
     zero_shares: torch.Tensor | None  # [B, T'] how the tie at alpha = 0 is shared (``_zero_shares``)
 
