@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from handler.attribution import Attribution, IGSettings
+from handler.reply_json import compact_json
 
 # Reason phrases handed to TorchServe: fixed, short, ASCII (the frontend counts characters, not bytes).
 PHRASES = {400: "Bad Request", 413: "Payload Too Large"}
@@ -393,6 +394,6 @@ def kserve_response(
     """
     if request.protocol == "v1":
         return {"explanations" if explain else "predictions": answers}
-    data = [json.dumps(a, separators=(",", ":")) for a in answers]
+    data = [compact_json(a) for a in answers]
     output = {"name": OUTPUT, "shape": [len(data)], "datatype": "BYTES", "data": data}
     return {"id": request.id or request_id, "model_name": model_name, "model_version": version, "outputs": [output]}

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 import uuid
 
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 
 from handler import payload
 from handler.core import Inbound
+from handler.reply_json import compact_json
 from kserve_server.batcher import QueueFull
 from kserve_server.model import SentimentModel
 
@@ -63,7 +63,7 @@ class Routes:
             reply = await self.model.answer(inbound)
         except QueueFull as full:
             return _torchserve_error(503, "ServiceUnavailableException", str(full), full.retry_after)
-        return Response(json.dumps(reply.body, separators=(",", ":")), reply.status, media_type="application/json")
+        return Response(compact_json(reply.body), reply.status, media_type="application/json")
 
     async def v2(self, request: Request, model_name: str, version: str | None = None) -> Response:
         missing = _missing(self.model, model_name, version)

@@ -306,7 +306,7 @@ def _pristine_tokenizer():
 
 _PRISTINE = _pristine_tokenizer()
 
-# --- the replies' JSON (handler.sentiment_handler.compact_json) -----------------------------------
+# --- the replies' JSON (handler.reply_json.compact_json) -----------------------------------
 
 JSON_FLOATS = st.one_of(st.floats(), st.floats(-1e-3, 1e-3), st.floats(width=32))
 JSON_VALUES = st.recursive(
@@ -323,7 +323,7 @@ JSON_VALUES = st.recursive(
 def test_the_replies_json_is_json_dumps_byte_for_byte(value):
     import json
 
-    from handler.sentiment_handler import compact_json
+    from handler.reply_json import compact_json
 
     assert compact_json(value) == json.dumps(value, separators=(",", ":"))
 
