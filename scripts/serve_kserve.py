@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from serve import free_port  # scripts/, beside this program
 
 REPO = Path(__file__).resolve().parent.parent
 LOGS = REPO / "logs"
@@ -45,39 +46,50 @@ def ready(url: str) -> bool:
         return False
 
 
+def _launch(model: Path, port: int, log, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "kserve_server", "--model", str(model), "--port", str(port), *extra]
+    return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    """Return once ``url`` is ready; RuntimeError with the log's tail if the server dies or times out."""
+    deadline = time.time() + timeout
+    while not ready(url):
+        if process.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"kserve_server did not become ready:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.3)
+
+
+def _stop_group(pid: int, alive, grace: float = 35) -> None:
+    """TERM to the server's process group, KILL after ``grace`` seconds if ``alive()`` still holds."""
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    while alive() and time.time() < deadline:
+        time.sleep(0.2)
+    if alive():
+        os.killpg(pid, signal.SIGKILL)
+
+
 def start(model: Path, port: int, timeout: float) -> str:
     """The server's URL once ready; exits with its log's tail if it dies or times out."""
     LOGS.mkdir(exist_ok=True)
-    log = (LOGS / "kserve_server.log").open("w")
-    command = [sys.executable, "-m", "kserve_server", "--model", str(model), "--port", str(port)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = LOGS / "kserve_server.log"
+    process = _launch(model, port, log.open("w"))
     PID.write_text(str(process.pid))
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
-    while not ready(url):
-        if process.poll() is not None or time.time() > deadline:
-            stop()
-            tail = (LOGS / "kserve_server.log").read_text(errors="replace")[-3000:]
-            sys.exit(f"kserve_server did not become ready:\n{tail}")
-        time.sleep(0.5)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, timeout, log)
+    except RuntimeError as err:
+        stop()
+        sys.exit(str(err))
     return url
 
 
-def stop(grace: float = 35) -> None:
+def stop() -> None:
     pid = _pid()
     if pid is not None:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.time() + grace
-        while _pid() is not None and time.time() < deadline:
-            time.sleep(0.2)
-        if _pid() is not None:
-            os.killpg(pid, signal.SIGKILL)
+        _stop_group(pid, lambda: _pid() is not None)
     PID.unlink(missing_ok=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -87,26 +99,13 @@ def running(model: Path, *extra: str, timeout: float = 120) -> Iterator[str]:
     would fill and stall it)."""
     port = free_port()
     with tempfile.NamedTemporaryFile("w+", prefix="kserve_server-", suffix=".log") as log:
-        command = [sys.executable, "-m", "kserve_server", "--model", str(model), "--port", str(port), *extra]
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
+        process = _launch(model, port, log, *extra)
         try:
-            while not ready(url):
-                if process.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"kserve_server did not become ready:\n{Path(log.name).read_text()[-3000:]}")
-                time.sleep(0.3)
-            yield url
+            _wait_ready(f"http://127.0.0.1:{port}", process, timeout, Path(log.name))
+            yield f"http://127.0.0.1:{port}"
         finally:
-            _terminate(process)
-
-
-def _terminate(process: subprocess.Popen, grace: float = 35) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            if process.poll() is None:
+                _stop_group(process.pid, lambda: process.poll() is None)
             process.wait()
 
 
