@@ -383,7 +383,11 @@ def test_eight_concurrent_kserve_requests_are_batched_and_answered_as_when_alone
     texts = [*TUTORIAL, *REVIEWS]
     kinds = [("v1", False), ("v1", True), ("v2", False), ("v2", True)] * 2
     calls = [kserve_call(flavour, texts[k : k + 2], explain) for k, (flavour, explain) in enumerate(kinds)]
+    before = len(kserve.log_lines())
     alone = [kserve_answers(f, kserve.post(*call), e) for (f, e), call in zip(kinds, calls)]
+    # The frontend copies the worker's [METRICS] lines on its own thread: let the lone requests'
+    # lines all land before counting the concurrent ones (else a late one counts as theirs).
+    batches_since(kserve, before, until=lambda b: sum(reviews_served(b)) >= 16)
     seen = len(kserve.log_lines())
     responses = concurrently([lambda call=call: kserve.post(*call) for call in calls])
     assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
