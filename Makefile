@@ -1,4 +1,4 @@
-# usage: make serve | make serve-kserve | make test | make lint | make stop | make train | make evaluate | make calibrate | make mar [VERSION=2.0]
+# usage: make serve | make serve-kserve | make test | make test-quick | make lint | make stop | make train | make evaluate | make calibrate | make mar [VERSION=2.0]
 #        make bench [QUICK=1] | make bench-served | make soak | make chaos (slow reliability runs, docs/reliability.md)
 #        make image | make image-test (slow: docs/deploy.md)
 SHELL := /bin/bash
@@ -10,7 +10,7 @@ ARTIFACTS ?= model_store/artifacts
 VERSION ?= 1.0
 MAR := model_store/imdb_sentiment$(if $(filter-out 1.0,$(VERSION)),-$(VERSION),).mar
 
-.PHONY: install mar serve serve-kserve stop status test lint train evaluate calibrate bench bench-served soak chaos clean image image-test
+.PHONY: install mar serve serve-kserve stop status test test-quick lint train evaluate calibrate bench bench-served soak chaos clean image image-test
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,7 @@ $(VENV)/.installed: requirements.txt $(wildcard requirements/*.txt) pyproject.to
 
 mar: $(MAR)
 
-$(MAR): $(VENV)/.installed $(wildcard handler/*.py) $(wildcard $(ARTIFACTS)/*) model-config.yaml scripts/build_mar.py
+$(MAR): $(VENV)/.installed $(wildcard handler/*.py) $(wildcard $(ARTIFACTS)/*) model-config.yaml imdb_ops/build_mar.py
 	$(PY) scripts/build_mar.py --artifacts $(ARTIFACTS) --version $(VERSION)
 
 serve: mar
@@ -40,12 +40,20 @@ status:
 	$(PY) scripts/serve.py status
 	$(PY) scripts/serve_kserve.py status
 
+# ruff (lint, format), the import contracts (pyproject.toml [tool.importlinter]) and the one complexity
+# gate: radon's cyclomatic complexity at most 10 (rank B) for every function, tests and scripts included.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/xenon --max-absolute B handler kserve_server imdb_client imdb_training imdb_ops imdb_bench scripts tests
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The quick loop: every test but those marked integration (a real TorchServe or KServe server, Docker files).
+test-quick: install
+	$(PY) -m pytest -q -m "not integration" tests
 
 train: install
 	$(PY) scripts/train.py --out $(ARTIFACTS)

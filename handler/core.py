@@ -45,7 +45,7 @@ Answer = dict | RequestError | None
 
 
 class Metrics(Protocol):
-    """Where the core's counters and histograms go (names in ``handler.serving_metrics``)."""
+    """Where the core's counters and histograms go (names in ``handler.metric_names``)."""
 
     def count(self, name: str, value: int) -> None: ...
 

@@ -129,22 +129,6 @@ class TutorialCNN(nn.Module):
         return self.fc(self.dropout(torch.cat(pooled, dim=1))).squeeze(1)  # [B]
 
 
-def token_taps(model: SentimentCNN):
-    """Compatibility entry point (callers written before ``handler.taps``): build the model's
-    :class:`~handler.taps.TapEngine` and attach it as ``model.tap_engine``, where ``predict_logits``
-    and ``layer_ig`` find it. New code builds a TapEngine, keeps it, and passes it explicitly."""
-    from handler.taps import attach  # handler.taps imports this module
-
-    return attach(model)
-
-
-def predict_logits(model: SentimentCNN, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Compatibility entry point: ``TapEngine.logits`` with the model's attached engine (see ``token_taps``)."""
-    from handler.taps import engine_for
-
-    return engine_for(model).logits(ids, lengths)
-
-
 def save_artifacts(model: SentimentCNN, directory: Path, half_embedding: bool = True) -> None:
     """Write weights (safetensors, no pickle) and the config beside them.
 

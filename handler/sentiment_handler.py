@@ -22,8 +22,9 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler import payload
 from handler.core import Batch, Inbound, Reply, SentimentCore
+from handler.metric_names import STARTS
 from handler.reply_json import compact_json
-from handler.serving_metrics import STARTS, ServingMetrics
+from handler.torchserve_metrics import ServingMetrics
 
 
 class SentimentHandler(BaseHandler):

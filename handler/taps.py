@@ -194,8 +194,8 @@ class TapEngine:
 
 
 def attach(model: SentimentCNN) -> TapEngine:
-    """Build ``model``'s engine and keep it on the model as ``model.tap_engine`` (compatibility:
-    see ``handler.model.token_taps``)."""
+    """Build ``model``'s engine and keep it on the model as ``model.tap_engine``, where
+    ``engine_for`` and ``layer_ig`` find it when a caller passes none."""
     model.tap_engine = TapEngine(model)
     return model.tap_engine
 

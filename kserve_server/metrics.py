@@ -1,6 +1,6 @@
 """The core's metrics on KServe's Prometheus endpoint (``/metrics``, ``prometheus_client``'s
 default registry, which KServe serves): the same names, types and ``model_name`` /
-``model_version`` labels as the TorchServe side (``handler.serving_metrics``), plus ``Hostname``
+``model_version`` labels as the TorchServe side (``handler.metric_names``), plus ``Hostname``
 (the spelling TorchServe's frontend gives every backend metric; metrics.yaml uses it throughout), so one dashboard reads either server."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import socket
 
 from prometheus_client import REGISTRY, Counter, Histogram
 
-from handler.serving_metrics import COUNTERS, HISTOGRAMS
+from handler.metric_names import COUNTERS, HISTOGRAMS
 
 LABELS = ("model_name", "model_version", "Hostname")
 # TorchServe 0.12's histograms have the Prometheus client's default buckets (metrics.yaml): the same here.

@@ -20,7 +20,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from handler import payload
 from handler.core import MODEL, Inbound, Reply, SentimentCore
-from handler.serving_metrics import STARTS
+from handler.metric_names import STARTS
 from kserve_server.batcher import MicroBatcher
 from kserve_server.metrics import PrometheusMetrics
 

@@ -20,6 +20,8 @@
 # Device call, e.g.: run(command="scripts/gpu_check.sh run", carry=[".whl"], timeout_s=540)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The programs import the packages (imdb_bench, handler, ...) from this checkout: installed here, not on the device.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WHL=.whl
 VENV_PY=.venv/bin/python
 PY=${PYTHON:-python3}

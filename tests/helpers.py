@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
+from handler.model import ModelConfig, SentimentCNN, save_artifacts
+from handler.text import Vocab, tokenize
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 SHIPPED = REPO / "model_store" / "artifacts"
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(SCRIPTS))  # the scripts import as modules (train, bench, serve, ...)
 
-from handler.model import ModelConfig, SentimentCNN, save_artifacts  # noqa: E402
-from handler.text import Vocab, tokenize  # noqa: E402
 
 WORDS = (
     "it was a fantastic performance ! best film ever such great show horrible movie "

@@ -9,6 +9,7 @@ handler only adds ``preprocess``: the request body's byte histogram, [256] float
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -100,5 +101,14 @@ def grpc_stubs(directory: Path) -> tuple[ModuleType, ModuleType]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on TorchServe's inference.proto")
-    sys.path.insert(0, str(directory))
-    return importlib.import_module("inference_pb2"), importlib.import_module("inference_pb2_grpc")
+    return _load(directory, "inference_pb2"), _load(directory, "inference_pb2_grpc")
+
+
+def _load(directory: Path, name: str) -> ModuleType:
+    """The generated module ``name`` from ``directory``, registered under its own name: the gRPC
+    stubs import the messages module as ``inference_pb2``."""
+    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
