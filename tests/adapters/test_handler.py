@@ -226,17 +226,9 @@ def metric_lines(caplog, name: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"[METRICS]{name}.")]
 
 
-def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shape(run, caplog) -> None:
-    caplog.set_level("INFO")
-    rows = [
-        (CORPUS[0], False),
-        ({"instances": [{"text": CORPUS[1]}, CORPUS[3]]}, False),
-        (v2_body(CORPUS[2], CORPUS[4], id="req-9"), True),
-        ({"instances": [{"text": CORPUS[6], "method": "gausslegendre"}]}, True),
-        (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["Best film ever"]}]}', False),
-    ]
-    out, status = run(rows)
-    assert status == [200] * 5
+def assert_each_reply_has_its_requests_shape(out: list[dict]) -> None:
+    """Replies to: a plain request, a v1 predict, a v2 explain (id req-9, 2 reviews), a v1 explain
+    with a method, and a v2 infer without an id."""
     assert out[0]["label"] in ("neg", "pos") and "attributions" not in out[0]
     assert list(out[1]) == ["predictions"] and len(out[1]["predictions"]) == 2
     assert list(out[3]) == ["explanations"] and out[3]["explanations"][0]["method"] == "gausslegendre"
@@ -248,11 +240,33 @@ def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shap
     (output,) = out[2]["outputs"]
     assert (output["name"], output["shape"], output["datatype"], len(output["data"])) == ("answer", [2], "BYTES", 2)
     assert out[4]["id"] == "4" and out[4]["outputs"][0]["name"] == "answer"  # no body id: TorchServe's request id
+
+
+def assert_answered_as_when_alone(answer: dict, alone: dict, explain: bool) -> None:
+    """The same logit as alone, and attributions (the same) only when explained."""
+    assert ("attributions" in answer) == explain
+    assert answer["logit"] == pytest.approx(alone["logit"], abs=TOL)
+    if explain:
+        assert answer["attributions"] == pytest.approx(alone["attributions"], abs=TOL)
+
+
+def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shape(run, caplog) -> None:
+    caplog.set_level("INFO")
+    rows = [
+        (CORPUS[0], False),
+        ({"instances": [{"text": CORPUS[1]}, CORPUS[3]]}, False),
+        (v2_body(CORPUS[2], CORPUS[4], id="req-9"), True),
+        ({"instances": [{"text": CORPUS[6], "method": "gausslegendre"}]}, True),
+        (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["Best film ever"]}]}', False),
+    ]
+    out, status = run(rows)
+    assert status == [200] * 5
+    assert_each_reply_has_its_requests_shape(out)
     # every review is answered as when alone, and explained only in the explain requests
     together = [
         out[0],
         *out[1]["predictions"],
-        *map(json.loads, output["data"]),
+        *map(json.loads, out[2]["outputs"][0]["data"]),
         *out[3]["explanations"],
         json.loads(out[4]["outputs"][0]["data"][0]),
     ]
@@ -266,11 +280,7 @@ def test_a_batch_mixing_plain_kserve_v1_and_v2_requests_answers_each_in_its_shap
         (CORPUS[1], False),
     ]
     for (body, explain), answer in zip(alone_rows, together):
-        alone = run([(body, explain)])[0][0]
-        assert ("attributions" in answer) == explain
-        assert answer["logit"] == pytest.approx(alone["logit"], abs=TOL)
-        if explain:
-            assert answer["attributions"] == pytest.approx(alone["attributions"], abs=TOL)
+        assert_answered_as_when_alone(answer, run([(body, explain)])[0][0], explain)
     # metrics count reviews, not requests, with the model's name and version as dimensions
     served = metric_lines(caplog, "imdb_reviews_total")[0]
     assert served.startswith("[METRICS]imdb_reviews_total.Count:7|#model_name:imdb_sentiment,model_version:1.0|")

@@ -13,6 +13,7 @@ import threading
 import time
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -335,27 +336,39 @@ def test_per_review_errors_inside_a_bulk_answer_are_shown_per_review(stub, capsy
     assert [line["answer"]["message"] for line in lines] == ["review text is bad"] * 2
 
 
-def test_bulk_requests_hold_at_most_bulk_reviews_and_answers_keep_input_order(stub, tmp_path, capsys):
-    stub.answer = like_the_handler(by_text)
+def labelled_jsonl(tmp_path) -> tuple[list[str], Path]:
+    """130 reviews of different lengths (the stub's logit = the length), labelled pos, as JSONL."""
     texts = [f"review number {i:03d}" + "!" * (i % 7) for i in range(130)]
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(json.dumps({"text": t, "label": "pos"}) + "\n" for t in texts))
+    return texts, source
+
+
+def jsonl_out(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_bulk_requests_hold_at_most_bulk_reviews_and_answers_keep_input_order(stub, tmp_path, capsys):
+    stub.answer = like_the_handler(by_text)
+    texts, source = labelled_jsonl(tmp_path)
     assert main(["--url", stub.url, "--token", "k", "--jsonl", "--concurrency", "3", str(source)]) == 0
     sizes = [len(body["instances"]) for _, _, body in stub.seen]
     assert sorted(sizes) == [2, 64, 64]
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = jsonl_out(capsys)
     assert [line["index"] for line in lines] == list(range(130))
     assert [line["answer"]["logit"] for line in lines] == [float(len(t)) for t in texts]
     assert lines[5]["name"].endswith("reviews.jsonl:6") and lines[5]["true_label"] == "pos"
     assert lines[0]["answer"]["future_field"] == {"x": 1}  # unknown fields pass through
-    # Many small requests, the first answered last: the output still follows the input.
+
+
+def test_answers_keep_input_order_when_the_first_of_many_small_requests_is_answered_last(stub, tmp_path, capsys):
+    texts, source = labelled_jsonl(tmp_path)
     slow = like_the_handler(by_text)
     stub.answer = lambda path, body: (
         (time.sleep(0.3) if body["instances"][0]["text"] == texts[0] else None) or slow(path, body)
     )
     assert main(["--url", stub.url, "--token", "k", "--jsonl", "--bulk", "8", "--concurrency", "4", str(source)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["answer"]["logit"] for line in lines] == [float(len(t)) for t in texts]
+    assert [line["answer"]["logit"] for line in jsonl_out(capsys)] == [float(len(t)) for t in texts]
 
 
 def test_chunks_split_by_count_and_by_bytes():

@@ -42,26 +42,30 @@ def _skip(reason: str) -> None:
     pytest.skip(reason)
 
 
+def _install_chromium() -> str:
+    """apt-get install Debian's `chromium` (as root) and return its path, or skip."""
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        _skip("chromium is not installed and apt-get as root is not available")
+    try:
+        for cmd, limit in (
+            (["apt-get", "update", "-q"], 300),
+            (["apt-get", "install", "-y", "-q", "chromium"], 900),
+        ):
+            done = _run(cmd, limit)
+            if done.returncode != 0:
+                _skip(f"{' '.join(cmd)} failed: {done.stderr[-500:]}")
+    except (subprocess.TimeoutExpired, OSError) as err:
+        _skip(f"could not install chromium: {err}")
+    exe = shutil.which("chromium")
+    if exe is None:
+        _skip("chromium still not on PATH after apt-get install")
+    return exe
+
+
 @pytest.fixture(scope="session")
 def chromium(tmp_path_factory) -> list[str]:
     """The command prefix of a runnable headless Chromium; installs Debian's `chromium` if missing."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            _skip("chromium is not installed and apt-get as root is not available")
-        try:
-            for cmd, limit in (
-                (["apt-get", "update", "-q"], 300),
-                (["apt-get", "install", "-y", "-q", "chromium"], 900),
-            ):
-                done = _run(cmd, limit)
-                if done.returncode != 0:
-                    _skip(f"{' '.join(cmd)} failed: {done.stderr[-500:]}")
-        except (subprocess.TimeoutExpired, OSError) as err:
-            _skip(f"could not install chromium: {err}")
-        exe = shutil.which("chromium")
-        if exe is None:
-            _skip("chromium still not on PATH after apt-get install")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or _install_chromium()
     prefix = [exe, *FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]
     try:
         probe = _run(prefix + ["--dump-dom", "data:text/html,<p>chromium-ok</p>"], 90)
@@ -124,29 +128,43 @@ class Cells(HTMLParser):
             self.cells[self._open[-1]] = (tag, text + data)
 
 
+def texts_of(cells: list[tuple[str, str]], tag: str) -> list[str]:
+    return [text for t, text in cells if t == tag]
+
+
+def assert_the_header_names_model_version_and_server(cells: list[tuple[str, str]], model_dir: Path) -> None:
+    source = dict(zip(texts_of(cells, "dt"), texts_of(cells, "dd")))
+    assert source["Model"] == "imdb_sentiment" and source["Server"] == f"in-process: {model_dir}"
+    assert "Version" in source
+
+
+def assert_the_summary_counts_the_correct_labels(dom: str, results: list[dict]) -> None:
+    labelled = [(r.label, a["label"]) for r, a in zip(REVIEWS, results) if r.label]
+    correct = sum(t == p for t, p in labelled)
+    accuracy = re.search(r'id="accuracy">([^<]+)</b> \((\d+) of (\d+) labelled', dom)
+    assert accuracy and accuracy.groups() == (f"{correct / len(labelled):.1%}", str(correct), str(len(labelled)))
+
+
+def assert_a_row_shows_its_answer(row: list[str], review: Item, answer: dict) -> None:
+    assert row[1] == (review.label or "–") and row[2].startswith(answer["label"])
+    assert row[3] == "pos"  # the attribution label: the target is the logit of pos
+    assert float(re.match(r"-?\d+\.\d+", row[4]).group()) == pytest.approx(sum(answer["attributions"]), abs=0.006)
+
+
 def test_dom_has_captums_columns_the_header_and_the_summary(chromium, report, model_dir):
     path, results = report
     dom = _run(chromium + ["--dump-dom", path.as_uri()], 90).stdout
     parsed = Cells()
     parsed.feed(dom)
     cells = [(tag, " ".join(text.split())) for tag, text in parsed.cells]
-    headers = [text for tag, text in cells if tag == "th"]
+    headers = texts_of(cells, "th")
     assert headers[-len(COLUMNS) :] == list(COLUMNS)  # the reviews table's header row, after the confusion table's
-    source = dict(zip([t for tag, t in cells if tag == "dt"], [t for tag, t in cells if tag == "dd"]))
-    assert source["Model"] == "imdb_sentiment" and source["Server"] == f"in-process: {model_dir}"
-    assert "Version" in source
-    labelled = [(r.label, a["label"]) for r, a in zip(REVIEWS, results) if r.label]
-    correct = sum(t == p for t, p in labelled)
-    accuracy = re.search(r'id="accuracy">([^<]+)</b> \((\d+) of (\d+) labelled', dom)
-    assert accuracy and accuracy.groups() == (f"{correct / len(labelled):.1%}", str(correct), str(len(labelled)))
-    rows = [text for tag, text in cells if tag == "td"]
+    assert_the_header_names_model_version_and_server(cells, model_dir)
+    assert_the_summary_counts_the_correct_labels(dom, results)
     width = len(COLUMNS)
-    body = rows[-width * len(REVIEWS) :]
+    body = texts_of(cells, "td")[-width * len(REVIEWS) :]
     for k, answer in enumerate(results):
-        row = body[k * width : (k + 1) * width]
-        assert row[1] == (REVIEWS[k].label or "–") and row[2].startswith(answer["label"])
-        assert row[3] == "pos"  # the attribution label: the target is the logit of pos
-        assert float(re.match(r"-?\d+\.\d+", row[4]).group()) == pytest.approx(sum(answer["attributions"]), abs=0.006)
+        assert_a_row_shows_its_answer(body[k * width : (k + 1) * width], REVIEWS[k], answer)
 
 
 class Marks(HTMLParser):

@@ -62,19 +62,25 @@ def run(server: serve.Server, capsys, *args: str) -> tuple[int, list[dict], str]
     return code, [json.loads(line) for line in out.splitlines()], err
 
 
+def assert_bulk_line_equals_single(b: dict, s: dict, label: str) -> None:
+    """One review's output line from a bulk request equals the one from its own request: the same
+    400, or the same label (the true one), tokens and attributions."""
+    assert b["index"] == s["index"] and b["true_label"] == label
+    if "code" in s["answer"]:
+        assert b["answer"]["code"] == s["answer"]["code"] == 400
+        return
+    assert b["answer"]["label"] == s["answer"]["label"] == label
+    assert b["answer"]["tokens"] == s["answer"]["tokens"]
+    assert b["answer"]["attributions"] == pytest.approx(s["answer"]["attributions"], abs=1e-5)
+
+
 def test_bulk_answers_equal_one_request_per_review(server, reviews_csv, capsys):
     code, bulk, err = run(server, capsys, str(reviews_csv))
     assert code == 1 and "review text is empty" in err  # the blank review, and only it, failed
     code, single, _ = run(server, capsys, "--bulk", "1", "--concurrency", "4", str(reviews_csv))
     assert code == 1 and len(bulk) == len(single) == len(REVIEWS)
     for b, s, (_, label) in zip(bulk, single, REVIEWS):
-        assert b["index"] == s["index"] and b["true_label"] == label
-        if "code" in s["answer"]:
-            assert b["answer"]["code"] == s["answer"]["code"] == 400
-            continue
-        assert b["answer"]["label"] == s["answer"]["label"] == label
-        assert b["answer"]["tokens"] == s["answer"]["tokens"]
-        assert b["answer"]["attributions"] == pytest.approx(s["answer"]["attributions"], abs=1e-5)
+        assert_bulk_line_equals_single(b, s, label)
     assert "accuracy 100.0% on 8 labelled" in err
 
 
@@ -112,12 +118,26 @@ def kill_when_serving(server: serve.Server, victim: int, stop: threading.Event) 
             return
 
 
+def many_reviews(n: int) -> list[str]:
+    """``n`` distinct reviews of 40 words."""
+    words = "fine moving story acting plot dull brilliant awful script music".split()
+    return [" ".join(words[(i * k) % len(words)] for k in range(1, 40)) + f" {i}" for i in range(n)]
+
+
+def worker_starts_reaching(server: serve.Server, count: float, wait: float = 10.0) -> float:
+    """The worker-start counter once it reaches ``count`` or ``wait`` seconds pass: the frontend
+    adds a new worker's start once it has read its line."""
+    deadline = time.time() + wait
+    while worker_starts(server) < count and time.time() < deadline:
+        time.sleep(0.2)
+    return worker_starts(server)
+
+
 def test_a_worker_killed_mid_run_costs_no_review_the_client_retries(server, tmp_path, capsys):
     # Runs last (file order): it kills this module's worker. Four 64-review requests in flight, so
     # the worker holds a batch when it dies; that batch gets 500/507, which the client sends again
     # until the restarted worker answers.
-    words = "fine moving story acting plot dull brilliant awful script music".split()
-    texts = [" ".join(words[(i * k) % len(words)] for k in range(1, 40)) + f" {i}" for i in range(10_000)]
+    texts = many_reviews(10_000)
     reviews = tmp_path / "reviews.txt"
     reviews.write_text("".join(t + "\n" for t in texts))
     (victim,) = worker_pids(server)
@@ -134,7 +154,4 @@ def test_a_worker_killed_mid_run_costs_no_review_the_client_retries(server, tmp_
     assert len(lines) == len(texts) and not any("code" in line["answer"] for line in lines)
     assert [line["index"] for line in lines] == list(range(len(texts)))
     assert re.search(r"; \d+ retr(y|ies) \(", err), err[-2000:]  # the summary counts the retries
-    deadline = time.time() + 10  # the frontend adds the new worker's start once it has read its line
-    while worker_starts(server) < starts + 1 and time.time() < deadline:
-        time.sleep(0.2)
-    assert worker_starts(server) == starts + 1 and worker_pids(server) != [victim]
+    assert worker_starts_reaching(server, starts + 1) == starts + 1 and worker_pids(server) != [victim]

@@ -74,17 +74,26 @@ def kserve(server, texts: list[str], explain: bool, protocol: str) -> list[dict]
     return answers
 
 
+def rest(answer: dict) -> dict:
+    """The fields compared exactly: label, tokens, counts, method, engine, version, ..."""
+    return {k: v for k, v in answer.items() if k not in NUMBERS + LISTS + ("probabilities",)}
+
+
+def assert_same_answer(a: dict, b: dict) -> None:
+    """One review's answers from both servers: the other fields equal, the numbers within TOL."""
+    assert rest(a) == rest(b)
+    for key in NUMBERS:
+        if key in a:
+            assert abs(a[key] - b[key]) <= TOL, (key, a[key], b[key])
+    for key in LISTS:
+        if key in a:
+            assert max(abs(x - y) for x, y in zip(a[key], b[key])) <= TOL, key
+
+
 def assert_same(ts: list[dict], ks: list[dict]) -> None:
     assert len(ts) == len(ks)
     for a, b in zip(ts, ks):
-        rest = lambda d: {k: v for k, v in d.items() if k not in NUMBERS + LISTS + ("probabilities",)}  # noqa: E731
-        assert rest(a) == rest(b)  # label, tokens, counts, method, engine, version, ...
-        for key in NUMBERS:
-            if key in a:
-                assert abs(a[key] - b[key]) <= TOL, (key, a[key], b[key])
-        for key in LISTS:
-            if key in a:
-                assert max(abs(x - y) for x, y in zip(a[key], b[key])) <= TOL, key
+        assert_same_answer(a, b)
 
 
 @pytest.mark.parametrize("explain", [False, True], ids=["predict", "explain"])

@@ -221,6 +221,16 @@ def test_attributions_of_reviews_are_complete(ts: Client) -> None:
         assert_complete(quadrature)
 
 
+def assert_answered_as_when_alone(together: dict, alone: dict, explained: bool) -> None:
+    """An answer given inside a batch is the one given alone: label and logit, and the tokens and
+    attributions too when ``explained``."""
+    assert together["label"] == alone["label"]
+    assert together["logit"] == pytest.approx(alone["logit"], abs=TOL)
+    if explained:
+        assert together["tokens"] == alone["tokens"]
+        assert together["attributions"] == pytest.approx(alone["attributions"], abs=TOL)
+
+
 def test_eight_concurrent_requests_are_batched_and_answered_as_when_alone(ts: Client) -> None:
     texts = [*TUTORIAL, *REVIEWS][:8]
     kinds = ["explanations", "predictions"] * 4
@@ -228,12 +238,8 @@ def test_eight_concurrent_requests_are_batched_and_answered_as_when_alone(ts: Cl
     seen = len(ts.log_lines())
     responses = concurrently([lambda k=k, t=t: ts.post(f"/{k}/{MODEL}", {"text": t}) for k, t in zip(kinds, texts)])
     assert [r.status_code for r in responses] == [200] * 8
-    for kind, single, together in zip(kinds, alone, (r.json() for r in responses)):
-        assert together["label"] == single["label"]
-        assert together["logit"] == pytest.approx(single["logit"], abs=TOL)
-        if kind == "explanations":
-            assert together["tokens"] == single["tokens"]
-            assert together["attributions"] == pytest.approx(single["attributions"], abs=TOL)
+    for kind, single, r in zip(kinds, alone, responses):
+        assert_answered_as_when_alone(r.json(), single, explained=kind == "explanations")
     served = reviews_served(batches_since(ts, seen, until=lambda b: sum(reviews_served(b)) >= 8))
     assert sum(served) == 8 and max(served) > 1, f"no batch of several requests: {served}"
 
@@ -389,11 +395,7 @@ def test_eight_concurrent_kserve_requests_are_batched_and_answered_as_when_alone
     assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
     for (flavour, explain), single, r in zip(kinds, alone, responses):
         for one, together in zip(single, kserve_answers(flavour, r, explain), strict=True):
-            assert together["label"] == one["label"]
-            assert together["logit"] == pytest.approx(one["logit"], abs=TOL)
-            if explain:
-                assert together["tokens"] == one["tokens"]
-                assert together["attributions"] == pytest.approx(one["attributions"], abs=TOL)
+            assert_answered_as_when_alone(together, one, explained=explain)
     served = reviews_served(batches_since(kserve, seen, until=lambda b: sum(reviews_served(b)) >= 16))
     assert sum(served) == 16 and max(served) > 2, f"no batch of several KServe requests: {served}"
 
@@ -431,7 +433,7 @@ def test_torchserves_own_kservev2_envelope_still_works(kservev2_envelope: Client
 
 
 def test_the_benchmark_load_generator_reads_every_answer_and_counts_the_failures(ts: Client) -> None:
-    """scripts/bench_load.py's raw keep-alive HTTP client: 20 requests over 4 connections, 3 of them bad."""
+    """imdb_bench/load.py's raw keep-alive HTTP client: 20 requests over 4 connections, 3 of them bad."""
     from imdb_bench import load as bench_load
 
     good, bad = json.dumps({"text": "A fine film."}).encode(), b'{"no_text": 1}'

@@ -352,26 +352,30 @@ def test_allowed_urls_accept_only_archives_directly_in_the_store(tmp_path: Path)
         assert not pattern.fullmatch(url), url
 
 
+def assert_the_guard_refuses_and_forwards(base: str, admin: dict) -> None:
+    """Through the guard at ``base`` (a cap of 2 workers), with the management key ``admin``."""
+
+    def call(method: str, path: str, **params) -> requests.Response:
+        return requests.request(method, base + path, params=params, headers=admin, timeout=60)
+
+    r = call("PUT", f"/models/{MODEL}", min_worker=500, max_worker=500)
+    assert r.status_code == 403 and "cap of 2" in r.json()["message"], r.text
+    assert call("PUT", f"/models/{MODEL}/2.0", max_worker="1e3").status_code == 403
+    assert call("POST", "/workflows", url="demo.war").status_code == 403
+    r = call("PUT", f"/models/{MODEL}/2.0", min_worker=1, max_worker=1, synchronous="true")
+    assert r.status_code == 200, r.text
+    assert call("GET", "/models").json()["models"]  # everything else goes through, token included
+    assert requests.get(base + "/models", timeout=10).status_code == 400  # no token: TorchServe's 400
+
+
 def test_the_management_guard_caps_workers_and_refuses_workflows(shared: Shared) -> None:
     """TorchServe 0.12 accepts any worker count (checked first); the guard in front refuses it."""
     from imdb_ops import management_guard
 
     assert shared.manage("PUT", f"/models/{MODEL}/2.0", min_worker=1, max_worker=3).status_code == 202
     guard = management_guard.serve_guard(shared.server.management, ("127.0.0.1", serve.free_port()), max_workers=2)
-    base = f"http://127.0.0.1:{guard.server_address[1]}"
     try:
-
-        def call(method: str, path: str, **params) -> requests.Response:
-            return requests.request(method, base + path, params=params, headers=shared.admin, timeout=60)
-
-        r = call("PUT", f"/models/{MODEL}", min_worker=500, max_worker=500)
-        assert r.status_code == 403 and "cap of 2" in r.json()["message"], r.text
-        assert call("PUT", f"/models/{MODEL}/2.0", max_worker="1e3").status_code == 403
-        assert call("POST", "/workflows", url="demo.war").status_code == 403
-        r = call("PUT", f"/models/{MODEL}/2.0", min_worker=1, max_worker=1, synchronous="true")
-        assert r.status_code == 200, r.text
-        assert call("GET", "/models").json()["models"]  # everything else goes through, token included
-        assert requests.get(base + "/models", timeout=10).status_code == 400  # no token: TorchServe's 400
+        assert_the_guard_refuses_and_forwards(f"http://127.0.0.1:{guard.server_address[1]}", shared.admin)
     finally:
         guard.shutdown()
     (v2,) = [m for m in shared.manage("GET", f"/models/{MODEL}/all").json() if m["modelVersion"] == "2.0"]

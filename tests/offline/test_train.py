@@ -2,6 +2,7 @@
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +57,12 @@ def test_tiny_training_run_writes_loadable_artifacts(tiny_imdb, tmp_path):
         ]
     )
     metrics = train.train(args)
+    assert_the_artifacts_load_and_count_the_splits(out, metrics)
+    assert_the_recorded_labels_and_settings_are_served(out, metrics)
+    assert_evaluation_repeats_the_test_metrics(out, tiny_imdb, metrics)
+
+
+def assert_the_artifacts_load_and_count_the_splits(out: Path, metrics: dict) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "metrics.json",
         "model_config.json",
@@ -66,6 +73,9 @@ def test_tiny_training_run_writes_loadable_artifacts(tiny_imdb, tmp_path):
     assert model.embedding.num_embeddings == len(vocab) <= 60
     assert json.loads((out / "metrics.json").read_text())["n_test"] == 32 == metrics["n_test"]
     assert metrics["n_train"] == 28 and metrics["n_val"] == 4
+
+
+def assert_the_recorded_labels_and_settings_are_served(out: Path, metrics: dict) -> None:
     # The recorded tutorial labels are what the saved artifacts answer when served.
     served = answer_texts([s for s, _ in train.TUTORIAL_SENTENCES], out, explain=False)
     assert metrics["tutorial_sentences"] == {s: a["label"] for (s, _), a in zip(train.TUTORIAL_SENTENCES, served)}
@@ -73,7 +83,10 @@ def test_tiny_training_run_writes_loadable_artifacts(tiny_imdb, tmp_path):
     assert config["text"] == TextSettings().as_dict() == TextSettings.load(out).as_dict()
     assert config["calibration"]["fitted_on"] == "validation" and config["calibration"]["n_fit"] == 4
     assert metrics["temperature"] == Calibration.load(out).temperature == config["calibration"]["temperature"]
-    test_split = imdb_data.load(tiny_imdb, splits=("test",))["test"]
+
+
+def assert_evaluation_repeats_the_test_metrics(out: Path, data: Path, metrics: dict) -> None:
+    test_split = imdb_data.load(data, splits=("test",))["test"]
     result = evaluate.evaluate(out, test_split)
     assert result["n"] == 32 and sum(result["confusion"].values()) == 32
     assert result["accuracy"] == metrics["test_accuracy"] == result["calibrated"]["accuracy"]
