@@ -190,12 +190,25 @@ def _form(fields: dict, limits: Limits) -> dict | str:
             "empty form body: TorchServe passes on only name=value fields of a form (curl -d without a "
             "Content-Type); send text=<review>, or the review as text/plain, or JSON as application/json"
         )
+    values = _form_text(fields, limits)
+    if "text" in values:
+        return {k: v if k == "text" else _form_value(v) for k, v in values.items()}
+    return _sniff(_form_body(values))
+
+
+def _form_text(fields: dict, limits: Limits) -> dict[str, str]:
+    """The fields as text: every byte value decoded first (so its size or UTF-8 error comes first),
+    then any value that is still not text refused."""
     values = {str(k): _utf8(v, limits) if isinstance(v, (bytes, bytearray)) else v for k, v in fields.items()}
     if not all(isinstance(v, str) for v in values.values()):
         raise RequestError("form fields must be text")
-    if "text" in values:
-        return {k: v if k == "text" else _form_value(v) for k, v in values.items()}
-    return _sniff("&".join(f"{k}={v}" if v else k for k, v in values.items()))
+    return values
+
+
+def _form_body(values: dict[str, str]) -> str:
+    """The body as sent, rebuilt from its fields: ``k=v`` joined by ``&``, a field with an empty value
+    as its bare name (so a JSON body that arrived as one field's name reads as JSON again)."""
+    return "&".join(f"{k}={v}" if v else k for k, v in values.items())
 
 
 def _form_value(value: str) -> Any:
@@ -235,24 +248,34 @@ def _instances(items: Any, what: str, limits: Limits) -> list:
 def _v2_request(body: dict, limits: Limits) -> Request:
     """v2 (Open Inference Protocol): each element of a BYTES input's data is one review."""
     inputs = _instances(body["inputs"], "'inputs'", limits)
-    request_id = body.get("id") if isinstance(body.get("id"), str) and body["id"].strip() else None
-    request = Request([], "v2", id=request_id)
+    request = Request([], "v2", id=_v2_id(body.get("id")))
     for k, item in enumerate(inputs):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise RequestError(f"input {k} must be an object with a 'name'")
-        name = quoted(item["name"])
-        if item.get("datatype") != "BYTES":
-            raise RequestError(f"input {name} must have datatype BYTES (the review text)")
-        data, shape = item.get("data"), item.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-            raise RequestError(f"input {name} needs a 'shape' list of sizes")
-        data = _instances(data, f"'data' of input {name}", limits)
-        if math.prod(shape) != len(data):
-            raise RequestError(f"input {name} has shape {shape} but {len(data)} data elements")
-        request.instances += data
+        request.instances += _v2_input(k, item, limits)
     _instances(request.instances, "'inputs'", limits)  # the limit holds for the request, not per input
     requested_outputs(body.get("outputs"))
     return request
+
+
+def _v2_id(value: Any) -> str | None:
+    """The body's id when it is a non-blank string; else None (the answer then takes the server's)."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _v2_input(k: int, item: Any, limits: Limits) -> list:
+    """One v2 input's reviews, its ``data``. Checked in the order its fields are read: name,
+    datatype, shape, data, then whether shape and data agree; the first fault is the 400."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise RequestError(f"input {k} must be an object with a 'name'")
+    name = quoted(item["name"])
+    if item.get("datatype") != "BYTES":
+        raise RequestError(f"input {name} must have datatype BYTES (the review text)")
+    shape = item.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise RequestError(f"input {name} needs a 'shape' list of sizes")
+    data = _instances(item.get("data"), f"'data' of input {name}", limits)
+    if math.prod(shape) != len(data):
+        raise RequestError(f"input {name} has shape {shape} but {len(data)} data elements")
+    return data
 
 
 def requested_outputs(outputs: Any) -> None:
@@ -302,22 +325,35 @@ def review(instance: Any, limits: Limits) -> Review:
 def explain_settings(options: dict, defaults: IGSettings) -> IGSettings:
     """The one place request options are checked: known names, JSON types, then the engine's own
     rules (``IGSettings``) and the bound on ``rtol``."""
-    unknown = sorted(set(options) - set(OPTION_TYPES))
-    if unknown:
-        names = ", ".join(quoted(k) for k in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
-        raise RequestError(f"unknown field(s): {names}; allowed: text, {', '.join(OPTION_TYPES)}")
+    _refuse_unknown(options)
     for key, value in options.items():
-        kind = OPTION_TYPES[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            options[key] = value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise RequestError(f"'{key}' must be {kind.__name__}, got {type(value).__name__}")
+        options[key] = _option(key, value)
     if "rtol" in options and not (math.isfinite(options["rtol"]) and 0 < options["rtol"] < 1):
         raise RequestError("'rtol' must be a number in (0, 1)")
     try:
         return replace(defaults, **options)
     except ValueError as err:  # IGSettings: method, n_steps range, ties, exact needs the fast engine
         raise RequestError(f"bad explanation option: {err}") from None
+
+
+def _refuse_unknown(options: dict) -> None:
+    """Every unknown name is an error, before any value is looked at; the message names the first
+    three in sorted order, so it does not depend on the order the client sent them in."""
+    unknown = sorted(set(options) - set(OPTION_TYPES))
+    if unknown:
+        names = ", ".join(quoted(k) for k in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise RequestError(f"unknown field(s): {names}; allowed: text, {', '.join(OPTION_TYPES)}")
+
+
+def _option(key: str, value: Any) -> Any:
+    """One known option's value, of its JSON type: a JSON integer is a number where a float is
+    wanted (``"rtol": 1`` is 1.0), but a boolean is never a number (``"n_steps": true`` is refused)."""
+    kind = OPTION_TYPES[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RequestError(f"'{key}' must be {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def _check_text(text: str, limits: Limits) -> str:

@@ -13,6 +13,7 @@ lower-casing) is not here: it belongs to the weights and comes from ``model_conf
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,17 @@ MOVED = {
     "min_len": 'a text setting recorded with the weights (model_config.json "text")',
     "max_tokens": 'a text setting recorded with the weights (model_config.json "text")',
 }
+
+
+# The numeric settings' bounds, checked in this order: (field, whether its value is out of bounds, the error).
+# A predicate each, rather than (low, high) pairs, so NaN and odd types fail exactly as the comparison written.
+BOUNDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("torch_threads", lambda n: n < 0, "handler.torch_threads must be >= 0"),
+    ("release_cache_above_tokens", lambda n: n < 0, "handler.release_cache_above_tokens must be >= 0"),
+    ("max_chars", lambda n: n < 1, "handler.max_chars and handler.max_instances must be >= 1"),
+    ("max_instances", lambda n: n < 1, "handler.max_chars and handler.max_instances must be >= 1"),
+    ("gpu_memory_fraction", lambda f: not 0.0 <= f <= 1.0, "handler.gpu_memory_fraction must be in [0, 1] (0: no cap)"),
+)
 
 
 class SettingsError(ValueError):
@@ -74,15 +86,12 @@ class HandlerSettings:
     explain: ExplainSettings = field(default_factory=ExplainSettings)
 
     def __post_init__(self) -> None:
+        """Refuse a bad section at worker start; the checks run in a fixed order, the first fault is the error."""
         if len(self.labels) != 2 or not all(isinstance(x, str) and x for x in self.labels):
             raise SettingsError(f"handler.labels must be two names, got {list(self.labels)}")
-        for name in ("torch_threads", "release_cache_above_tokens"):
-            if getattr(self, name) < 0:
-                raise SettingsError(f"handler.{name} must be >= 0")
-        if self.max_chars < 1 or self.max_instances < 1:
-            raise SettingsError("handler.max_chars and handler.max_instances must be >= 1")
-        if not 0.0 <= self.gpu_memory_fraction <= 1.0:
-            raise SettingsError("handler.gpu_memory_fraction must be in [0, 1] (0: no cap)")
+        for name, bad, message in BOUNDS:
+            if bad(getattr(self, name)):
+                raise SettingsError(message)
         try:
             self.explain.ig(on_gpu=False)  # the engine's own checks (method, engine, ties, steps)
         except ValueError as err:

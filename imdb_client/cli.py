@@ -176,23 +176,32 @@ class Output:
             print(render_terminal(answer, item, color=False).plain)
 
     def close(self) -> None:
+        """Write what needs every answer (--json, --html), then the summary line: on stdout for a
+        person, on stderr where stdout is a JSON pipeline."""
         if self.args.json:
-            document = {
-                "model": self.source.model,
-                "version": self.source.version,
-                "server": self.source.server,
-                "summary": self.summary.as_dict(),
-                "results": [record(i, item, answer) for i, (item, answer) in enumerate(self.rows)],
-            }
-            print(json.dumps(document))
+            print(json.dumps(self._document()))
         if self.args.html:
-            Path(self.args.html).write_text(render_html(self.rows, self.source), encoding="utf-8")
-            if not (self.args.json or self.args.jsonl):
-                print(f"wrote {self.args.html}: {self.summary.line()}")
+            self._write_html()
         elif self.terminal and self._worth_a_summary():
             print(self.summary.line())
         if (self.args.jsonl or self.args.json) and self._worth_a_summary():
             print(f"imdb-explain: {self.summary.line()}", file=sys.stderr)  # stdout is for the pipeline
+
+    def _document(self) -> dict:
+        """--json's one document: where the answers came from, their summary, then each result."""
+        return {
+            "model": self.source.model,
+            "version": self.source.version,
+            "server": self.source.server,
+            "summary": self.summary.as_dict(),
+            "results": [record(i, item, answer) for i, (item, answer) in enumerate(self.rows)],
+        }
+
+    def _write_html(self) -> None:
+        """--html's report; the line naming it goes to stdout only when no JSON is written there."""
+        Path(self.args.html).write_text(render_html(self.rows, self.source), encoding="utf-8")
+        if not (self.args.json or self.args.jsonl):
+            print(f"wrote {self.args.html}: {self.summary.line()}")
 
     def _worth_a_summary(self) -> bool:
         """More than one review, or requests that had to be sent again."""

@@ -291,6 +291,50 @@ def test_malformed_kserve_bodies_are_a_400_for_the_request(body, words):
     assert err.value.code == 400 and words in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"inputs": [v2_input("a", "ok"), "b"]}, "input 1 must be an object with a 'name'"),
+        ({"inputs": [{"name": "a", "shape": "x"}]}, 'input "a" must have datatype BYTES (the review text)'),
+        ({"inputs": [{"name": "a", "datatype": "BYTES", "shape": [-1]}]}, "input \"a\" needs a 'shape' list of sizes"),
+        (
+            {"inputs": [{"name": "a", "datatype": "BYTES", "shape": [2]}]},
+            "'data' of input \"a\" must be a non-empty list",
+        ),
+        (
+            {"inputs": [v2_input("a", "ok", shape=[2]), v2_input("b", datatype="INT64")]},
+            'input "a" has shape [2] but 1',
+        ),
+        ({"inputs": [v2_input("a", "ok")], "outputs": [{"name": "text"}], "id": 5}, 'unknown output "text"'),
+    ],
+)
+def test_a_v2_body_with_several_faults_gets_the_first_in_reading_order(body, message):
+    with pytest.raises(RequestError) as err:
+        parse_request(body, LIMITS)
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            {"body": {"text": "ok", "n_steps": "x", "zz": 1, "aa": 1, "mm": 1, "bb": 1}},
+            'unknown field(s): "aa", "bb", "mm" ...',
+        ),
+        ({"body": {"text": "ok", "ties": 5, "n_steps": "x"}}, "'ties' must be str, got int"),  # in the order sent
+        ({"body": {"text": "ok", "rtol": 2, "n_steps": 0}}, "'rtol' must be a number in (0, 1)"),  # an int is a number
+        ({"body": {"text": "ok", "rtol": float("nan")}}, "'rtol' must be a number in (0, 1)"),
+        ({"body": {"text": "ok", "method": "simpson"}}, "bad explanation option: method must be"),
+        # A form: every value is decoded before any is refused as not text.
+        ({"n_steps": 5, "text": bytearray(b"\xff")}, "request body is not valid UTF-8 (byte 0)"),
+    ],
+)
+def test_options_with_several_faults_get_the_first_in_checking_order(row, message):
+    with pytest.raises(RequestError) as err:
+        decode(row)
+    assert str(err.value).startswith(message)
+
+
 def test_kserve_answers_v1_by_kind_and_v2_as_one_output_of_json_strings():
     answers = [{"label": "pos"}, {"label": "neg"}, {"code": 400, "type": "BadRequest", "message": "empty"}]
     v1 = Request(["x", "y", "z"], "v1")

@@ -60,6 +60,28 @@ def test_bad_sections_are_refused_with_a_clear_message(changes, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"torch_threads": -1}, "handler.torch_threads must be >= 0"),
+        ({"release_cache_above_tokens": -1}, "handler.release_cache_above_tokens must be >= 0"),
+        ({"max_chars": 0}, "handler.max_chars and handler.max_instances must be >= 1"),
+        ({"max_instances": 0}, "handler.max_chars and handler.max_instances must be >= 1"),
+        ({"gpu_memory_fraction": -0.5}, "handler.gpu_memory_fraction must be in [0, 1] (0: no cap)"),
+        # Two faults: the first in the order of the checks is the error.
+        ({"labels": ["only"], "torch_threads": -1}, "handler.labels must be two names, got ['only']"),
+        ({"release_cache_above_tokens": -1, "torch_threads": -1}, "handler.torch_threads must be >= 0"),
+        ({"max_instances": 0, "release_cache_above_tokens": -1}, "handler.release_cache_above_tokens must be >= 0"),
+        ({"gpu_memory_fraction": 2.0, "max_instances": 0}, "handler.max_chars and handler.max_instances must be >= 1"),
+        ({"explain.ties": "last", "gpu_memory_fraction": 2.0}, "handler.gpu_memory_fraction must be in [0, 1]"),
+    ],
+)
+def test_each_bound_has_its_message_and_the_first_fault_checked_is_the_error(changes, message):
+    with pytest.raises(SettingsError) as err:
+        HandlerSettings.from_section(section(**changes))
+    assert str(err.value).startswith(message)
+
+
 def test_an_outsized_batch_releases_the_gpu_allocator_cache(monkeypatch):
     # No GPU here: torch.cuda.empty_cache is replaced to see whether, and when, the handler calls it.
     released = []
