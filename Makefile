@@ -75,10 +75,10 @@ bench-served: install
 	$(PY) scripts/bench_served.py
 
 soak: mar
-	$(PY) scripts/soak.py soak
+	$(PY) scripts/soak.py soak $(if $(SERVER),--server $(SERVER),)
 
 chaos: mar
-	$(PY) scripts/soak.py chaos
+	$(PY) scripts/soak.py chaos $(if $(SERVER),--server $(SERVER),)
 
 clean:
 	rm -rf $(MAR) logs key_file.json

@@ -1,20 +1,23 @@
-"""Slow reliability runs against a real TorchServe on loopback (docs/reliability.md).
+"""Slow reliability runs against a real server on loopback (docs/reliability.md).
 
-usage: python scripts/soak.py soak  [--requests 5000] [--concurrency 16] [--hostile 0.05]
-       python scripts/soak.py chaos [--kills 3] [--clients 16]
+usage: python scripts/soak.py soak  [--server torchserve|kserve] [--requests 20000] [--concurrency 16]
+                                    [--hostile 0.05] [--novel 0.2] [--fuzz 0.02] [--rss-interval 10]
+       python scripts/soak.py chaos [--server torchserve|kserve] [--reviews 5000] [--kills 3]
+                                    [--retries 5] [--concurrency 2] [--restart-delay 0]
 
-soak:  mixed requests (predictions and explanations, JSON and text/plain) with a share of hostile
-       ones, among them issue 11's defects 1-3 (non-ASCII and CR/LF field and input names, a lone
-       surrogate, a 5,000-digit n_steps); reports lost requests, statuses, p50/p99, the server's RSS
-       before and after, the worker PID before and after, and log bytes per request. Punctuation
-       runs (defect 2) are sent at 2,000 characters: long enough to show a quadratic tokenizer,
-       short enough that an unfixed one cannot stall the run for minutes.
-chaos: 16 clients send predictions without pause; the worker is killed with SIGKILL ``--kills``
-       times; reports per kill the failed requests (at most one batch should fail), the recovery
-       time (kill to the next 200 answered by the new worker) and whether any client hung.
+soak:  ``--requests`` requests at ``--concurrency``, to TorchServe's /predictions and /explanations
+       routes (the KServe server has the same): ordinary reviews (JSON and text/plain), a share of
+       ``novel`` ones (100 random words never seen before each: spaCy's string store grows with
+       every new word unless the server bounds it), a share of ``hostile`` ones (issue 11's defects
+       1-3, issue 20's findings: malformed form escapes, JSON bodies that are not objects, invisible
+       characters, large and oversized reviews) and of ``fuzz`` (random bytes under random content
+       types). Reports lost requests, statuses by category and by hostile kind, 5xx outside the known
+       ones, p50/p99, log bytes per request, and the server's RSS sampled every ``--rss-interval`` s.
+chaos: imdb-explain's bulk mode (imdb_ops.chaos) sends ``--reviews`` IMDB reviews while the
+       TorchServe worker, or the KServe server process, is killed with SIGKILL ``--kills`` times.
 
-Both start their own server (config.properties on free ports, a private working directory, the
-archive as shipped) and stop it by pid. Output: one JSON document on stdout.
+Both start their own server (imdb_ops.targets; the archive as shipped, free ports, a private
+folder) and stop it by pid. Output: one JSON document on stdout.
 """
 
 from __future__ import annotations
@@ -23,45 +26,115 @@ import argparse
 import json
 import os
 import random
-import signal
-import tempfile
+import string
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import requests
 
-from imdb_ops import build_mar, serve
+from imdb_ops import chaos, targets
+from imdb_ops.targets import MODEL, RssSampler, Target
 
-REPO = Path(__file__).resolve().parent.parent
-MODEL = "imdb_sentiment"
 REVIEWS = (
     "A beautiful, moving film with brilliant performances. I loved every minute of it.",
     "Boring, predictable and far too long. A complete waste of time.",
     "It was a fantastic performance !",
     "One of the worst films I have ever seen. The plot made no sense.",
 )
-# (path, body, content type): issue 11's defects 1-3 and ordinary bad requests.
-HOSTILE = (
-    ("predictions", '{"text": "good", "\u00e9": 1}'.encode(), "application/json"),
-    ("predictions", b'{"text": "good", "a\\nb": 1}', "application/json"),
-    ("predictions", '{"text": "good", "\U0001f600": 1}'.encode(), "application/json"),
-    ("predictions", b'{"text": "good \\ud800 movie"}', "application/json"),
-    ("explanations", b'{"text": "good movie", "n_steps": ' + b"9" * 5000 + b"}", "application/json"),
-    ("predictions", ("!" * 2000).encode(), "text/plain"),
-    ("predictions", b"\xff\xfe review", "application/octet-stream"),
-    ("predictions", b"", "text/plain"),
-    ("predictions", b'{"text": 5}', "application/json"),
-)
+JSON, TEXT, FORM = "application/json", "text/plain", "application/x-www-form-urlencoded"
+# name -> (path, body, content type): issue 11's defects 1-3, issue 20's findings, ordinary bad requests.
+HOSTILE = {
+    "non-ascii field name": ("predictions", '{"text": "good", "\u00e9": 1}'.encode(), JSON),
+    "cr/lf field name": ("predictions", b'{"text": "good", "a\\nb": 1}', JSON),
+    "emoji field name": ("predictions", '{"text": "good", "\U0001f600": 1}'.encode(), JSON),
+    "lone surrogate": ("predictions", b'{"text": "good \\ud800 movie"}', JSON),
+    "5,000-digit n_steps": ("explanations", b'{"text": "good movie", "n_steps": ' + b"9" * 5000 + b"}", JSON),
+    "2,000 punctuation": ("predictions", ("!" * 2000).encode(), TEXT),
+    "invalid utf-8": ("predictions", b"\xff\xfe review", "application/octet-stream"),
+    "empty body": ("predictions", b"", TEXT),
+    "text not a string": ("predictions", b'{"text": 5}', JSON),
+    "form escape text=good%": ("predictions", b"text=good%", FORM),
+    "form escape text=%ZZ": ("predictions", b"text=%ZZ", FORM),
+    "json not an object ]": ("predictions", b"good movie]", JSON),
+    "json a string": ("predictions", b'"just a string"', JSON),
+    "zero-width spaces": ("predictions", "\u200b\u200b\u200b".encode(), TEXT),
+    "20 NUL bytes": ("predictions", b"\x00" * 20, TEXT),
+    "review over max_chars": ("predictions", b"a" * 100_001, TEXT),
+}
+# Large reviews of unseen words, explained (the hostile probe's RSS 463 -> 753 MB): generated per request.
+LARGE = "99,000 chars of new words"
+# The frontend's own 500s (TorchServe decodes forms before any code of ours runs; README "Content types").
+KNOWN_5XX = {"torchserve": {"form escape text=good%", "form escape text=%ZZ"}, "kserve": set()}
+FUZZ_TYPES = (JSON, TEXT, FORM, "application/octet-stream", "")
 
 
-def ordinary(rng: random.Random) -> tuple[str, bytes, str]:
+def words(rng: random.Random, n: int) -> str:
+    return " ".join("".join(rng.choices(string.ascii_lowercase, k=10)) for _ in range(n))
+
+
+def ordinary(rng: random.Random) -> tuple[str, str, bytes, str]:
     text = rng.choice(REVIEWS)
     kind = rng.choice(("predictions", "predictions", "explanations"))
     if rng.random() < 0.3:
-        return kind, text.encode(), "text/plain"
-    return kind, json.dumps({"text": text}).encode(), "application/json"
+        return "ordinary", kind, text.encode(), TEXT
+    return "ordinary", kind, json.dumps({"text": text}).encode(), JSON
+
+
+def novel(rng: random.Random) -> tuple[str, str, bytes, str]:
+    kind = rng.choice(("predictions", "predictions", "explanations"))
+    return "novel", kind, json.dumps({"text": words(rng, 100)}).encode(), JSON
+
+
+def hostile(rng: random.Random) -> tuple[str, str, bytes, str]:
+    name = rng.choice([*HOSTILE, LARGE])
+    if name == LARGE:
+        return LARGE, "explanations", words(rng, 9000).encode(), TEXT
+    return (name, *HOSTILE[name])
+
+
+def fuzz(rng: random.Random) -> tuple[str, str, bytes, str]:
+    body = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 200)))
+    return "fuzz", rng.choice(("predictions", "explanations")), body, rng.choice(FUZZ_TYPES)
+
+
+def plan(n: int, shares: dict, seed: int = 0) -> list[tuple[str, str, bytes, str]]:
+    """``n`` requests (name, path, body, content type); ``shares``: hostile, novel, fuzz fractions."""
+    rng = random.Random(seed)
+    kinds = [(shares["hostile"], hostile), (shares["novel"], novel), (shares["fuzz"], fuzz)]
+    calls = []
+    for _ in range(n):
+        draw, make = rng.random(), ordinary
+        for share, maker in kinds:
+            if draw < share:
+                make = maker
+                break
+            draw -= share
+        calls.append(make(rng))
+    return calls
+
+
+def category(name: str) -> str:
+    return "hostile" if name in HOSTILE or name == LARGE else name
+
+
+class Client:
+    """One keep-alive session per thread; ``send`` gives (status or -1 when no answer came, seconds)."""
+
+    def __init__(self, target: Target) -> None:
+        self.base, self.auth = target.url, target.headers()
+        self.local = threading.local()
+
+    def send(self, path: str, body: bytes, content_type: str, timeout: float = 120) -> tuple[int, float]:
+        session = getattr(self.local, "session", None) or requests.Session()
+        self.local.session = session
+        headers = {**self.auth, **({"Content-Type": content_type} if content_type else {})}
+        started = time.perf_counter()
+        try:
+            r = session.post(f"{self.base}/{path}/{MODEL}", data=body, headers=headers, timeout=timeout)
+            return r.status_code, time.perf_counter() - started
+        except requests.RequestException:
+            return -1, time.perf_counter() - started
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,156 +142,72 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def rss_mb(pids: list[int]) -> float:
-    """Resident memory of the JVM and its workers, MB (from /proc)."""
-    total = 0
-    for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
-        except (OSError, StopIteration):
-            pass
-    return round(total / 1024, 1)
+def tally(calls: list, results: list[tuple[int, float]], server: str) -> dict:
+    """Statuses by category and by hostile kind; 5xx and lost requests outside the server's known 5xx."""
+    by: dict[str, dict[str, int]] = {}
+    unexpected = 0
+    for (name, *_), (status, _) in zip(calls, results):
+        for key in {category(name), name}:
+            counts = by.setdefault(key, {})
+            counts[str(status)] = counts.get(str(status), 0) + 1
+        unexpected += (status >= 500 or status < 0) and name not in KNOWN_5XX[server]
+    return {"by_category": by, "unexpected_5xx_or_lost": unexpected}
 
 
-def log_bytes(workdir: Path) -> int:
-    return sum(p.stat().st_size for p in (workdir / "logs").glob("*") if p.is_file())
-
-
-def workers(server: serve.Server) -> list[int]:
-    keys = server.keys()
-    r = requests.get(
-        f"{server.management}/models/{MODEL}", headers={"Authorization": f"Bearer {keys['management']}"}, timeout=10
-    )
-    return [w["pid"] for m in r.json() for w in m.get("workers", []) if w.get("status") == "READY"]
-
-
-class Client:
-    def __init__(self, server: serve.Server) -> None:
-        self.base = server.inference
-        self.auth = {"Authorization": f"Bearer {server.keys()['inference']}"}
-        self.local = threading.local()
-
-    def send(self, kind: str, body: bytes, content_type: str, timeout: float = 120) -> tuple[int, float]:
-        """(status or -1 when no answer came back, seconds)."""
-        session = getattr(self.local, "session", None) or requests.Session()
-        self.local.session = session
-        started = time.perf_counter()
-        try:
-            r = session.post(
-                f"{self.base}/{kind}/{MODEL}",
-                data=body,
-                headers={**self.auth, "Content-Type": content_type},
-                timeout=timeout,
-            )
-            return r.status_code, time.perf_counter() - started
-        except requests.RequestException:
-            return -1, time.perf_counter() - started
-
-
-def soak(server: serve.Server, n: int, concurrency: int, hostile: float, seed: int = 0) -> dict:
-    rng = random.Random(seed)
-    plan = [rng.choice(HOSTILE) if rng.random() < hostile else ordinary(rng) for _ in range(n)]
-    client = Client(server)
-    procs = [server.pid, *serve._children(server.pid)]
-    before = {"rss_mb": rss_mb(procs), "workers": workers(server), "log_bytes": log_bytes(server.workdir)}
-    started = time.time()
-    with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(lambda call: client.send(*call), plan))
-    wall = time.time() - started
-    procs = [server.pid, *serve._children(server.pid)]
-    statuses: dict[str, int] = {}
-    for status, _ in results:
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
-    hostile_5xx = sum(1 for call, (status, _) in zip(plan, results) if call in HOSTILE and status >= 500)
-    ok = [s for status, s in results if status == 200]
+def soak(target: Target, n: int, concurrency: int, shares: dict, interval: float = 10.0, seed: int = 0) -> dict:
+    calls = plan(n, shares, seed)
+    client = Client(target)
+    logs_before = target.log_bytes()
+    with RssSampler(target, interval) as rss, ThreadPoolExecutor(concurrency) as pool:
+        started = time.time()
+        results = list(pool.map(lambda call: client.send(*call[1:]), calls))
+        wall = time.time() - started
+    statuses = [status for status, _ in results]
+    ok = [seconds for status, seconds in results if status == 200]
     return {
+        "server": target.server,
         "requests": n,
         "concurrency": concurrency,
-        "hostile": sum(call in HOSTILE for call in plan),
-        "lost": statuses.get("-1", 0),
-        "statuses": statuses,
-        "5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
-        "5xx_from_hostile": hostile_5xx,
+        "shares": shares,
+        "lost": statuses.count(-1),
+        "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
+        "5xx": sum(s >= 500 for s in statuses),
+        **tally(calls, results, target.server),
+        "seconds": round(wall, 1),
         "per_s": round(n / wall, 1),
         "p50_ms_ok": round(percentile(ok, 0.5) * 1000, 1),
         "p99_ms_ok": round(percentile(ok, 0.99) * 1000, 1),
-        "rss_mb": {"before": before["rss_mb"], "after": rss_mb(procs)},
-        "worker_pids": {"before": before["workers"], "after": workers(server)},
-        "log_bytes_per_request": round((log_bytes(server.workdir) - before["log_bytes"]) / n, 1),
+        "rss": rss.report(),
+        "restarts": len(target.restarts),
+        "log_bytes_per_request": round((target.log_bytes() - logs_before) / n, 1),
     }
 
 
-def chaos(server: serve.Server, kills: int, clients: int, settle: float = 5.0) -> dict:
-    client = Client(server)
-    log: list[tuple[float, int, float]] = []  # (end time, status, seconds)
-    stop = threading.Event()
-
-    def loop(k: int) -> None:
-        body = json.dumps({"text": REVIEWS[k % len(REVIEWS)]}).encode()
-        while not stop.is_set():
-            status, seconds = client.send("predictions", body, "application/json", timeout=90)
-            log.append((time.time(), status, seconds))
-
-    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(clients)]
-    for t in threads:
-        t.start()
-    time.sleep(settle)
-    rounds = []
-    for _ in range(kills):
-        (victim,) = workers(server)[:1]
-        killed = time.time()
-        os.kill(victim, signal.SIGKILL)
-        while not (fresh := [p for p in workers(server) if p != victim]) and time.time() - killed < 120:
-            time.sleep(0.1)
-        ready = time.time()
-        while not any(t > ready and s == 200 for t, s, _ in log[-clients * 4 :]) and time.time() - ready < 60:
-            time.sleep(0.05)
-        back = time.time()
-        time.sleep(settle)
-        window = [(t, s, d) for t, s, d in log if killed <= t <= back + settle]
-        rounds.append(
-            {
-                "killed_pid": victim,
-                "new_pid": fresh[0] if fresh else None,
-                "failed": sum(1 for _, s, _ in window if s != 200),
-                "statuses": sorted({s for _, s, _ in window}),
-                "recovery_s": round(back - killed, 2),
-            }
-        )
-    stop.set()
-    for t in threads:
-        t.join(timeout=120)
-    return {
-        "clients": clients,
-        "requests": len(log),
-        "hung_clients": sum(t.is_alive() for t in threads),
-        "slowest_s": round(max(d for _, _, d in log), 2),
-        "kills": rounds,
-    }
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=("soak", "chaos"))
+    p.add_argument("--server", choices=targets.SERVERS, default="torchserve")
+    p.add_argument("--requests", type=int, default=20_000, help="soak: requests")
+    p.add_argument("--concurrency", type=int, help="requests in flight (soak 16; chaos: the client's, 2)")
+    p.add_argument("--hostile", type=float, default=0.05, help="soak: share of hostile requests")
+    p.add_argument("--novel", type=float, default=0.2, help="soak: share of reviews of unseen words")
+    p.add_argument("--fuzz", type=float, default=0.02, help="soak: share of random bodies")
+    p.add_argument("--rss-interval", type=float, default=10.0, help="soak: seconds between RSS samples")
+    p.add_argument("--reviews", type=int, default=5000, help="chaos: IMDB reviews through imdb-explain")
+    p.add_argument("--kills", type=int, default=3, help="chaos: kill -9 this many times")
+    p.add_argument("--retries", type=int, default=5, help="chaos: imdb-explain --retries")
+    p.add_argument("--restart-delay", type=float, default=0.0, help="chaos, kserve: seconds before the restart")
+    return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=("soak", "chaos"))
-    p.add_argument("--requests", type=int, default=5000)
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--hostile", type=float, default=0.05)
-    p.add_argument("--kills", type=int, default=3)
-    p.add_argument("--clients", type=int, default=16)
-    a = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix=f"imdb_{a.mode}_") as tmp:
-        d = Path(tmp)
-        store = d / "store"
-        build_mar.build(REPO / "model_store" / "artifacts", store)
-        server = serve.start(d / "work", serve.isolated_config(d / "config.properties"), store, timeout=300)
-        try:
-            if a.mode == "soak":
-                result = soak(server, a.requests, a.concurrency, a.hostile)
-            else:
-                result = chaos(server, a.kills, a.clients)
-        finally:
-            serve.stop(server)
+    a = parser().parse_args(argv)
+    with targets.started(a.server, a.restart_delay) as target:
+        if a.mode == "soak":
+            shares = {"hostile": a.hostile, "novel": a.novel, "fuzz": a.fuzz}
+            result = soak(target, a.requests, a.concurrency or 16, shares, a.rss_interval)
+        else:
+            result = chaos.chaos(target, chaos.imdb_reviews(a.reviews), a.kills, a.retries, a.concurrency or 2)
     result["load_average"] = os.getloadavg()
     print(json.dumps(result, indent=1))
 
