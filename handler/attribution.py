@@ -32,7 +32,10 @@ Totals (and so delta) are the same under both rules, except at a node at alpha =
 riemann_trapezoid), where every window ties and the rule picks whose tokens count; otherwise only the
 per-token split differs. The Captum engine honours the rule too: ``split`` runs Captum on the
 model's own (``amax``) forward, ``first`` on the tutorial's ``F.max_pool1d`` forward of the same
-layers (``model.TutorialCNN``).
+layers (``model.TutorialCNN``). It sees a tie only where its convolution rounds the copies alike: a
+GEMM may sum a window in another order by its position (oneMKL on an AMD EPYC does, in the last
+block of windows), and then one copy wins by a few ulps whatever the rule. The fast engine's
+tables make copies bit-identical on any CPU.
 """
 
 from __future__ import annotations
@@ -143,14 +146,27 @@ def layer_ig(
     ``taps``: the model's tap tables, built once by the caller (a worker builds them when it loads);
     without them the fast engine uses the engine attached to the model, attaching one on first use.
     """
-    if settings.engine == "fast" and not fast_engine_applies(model):
-        settings = replace(
-            settings, engine="captum", method="gausslegendre" if settings.method == EXACT else settings.method
-        )
+    settings = _applicable(model, settings)
     runner = engine_for(model, taps) if settings.engine == "fast" else model  # fast: runs on the tap tables
     out = _run(runner, ids, lengths, settings, settings.n_steps)
-    if not settings.adaptive or settings.method == EXACT or settings.engine == "fast":  # fast: adaptive inside
-        return out
+    if settings.adaptive and settings.method != EXACT and settings.engine != "fast":  # fast: adaptive inside
+        _redo_unconverged(model, ids, lengths, settings, out)
+    return out
+
+
+def _applicable(model: torch.nn.Module, settings: IGSettings) -> IGSettings:
+    """``settings``, or where the fast engine does not apply to ``model``, the same for Captum (whose
+    nearest rule to the exact integral is Gauss-Legendre)."""
+    if settings.engine != "fast" or fast_engine_applies(model):
+        return settings
+    return replace(settings, engine="captum", method="gausslegendre" if settings.method == EXACT else settings.method)
+
+
+def _redo_unconverged(
+    model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor, settings: IGSettings, out: Attribution
+) -> None:
+    """Captum's adaptive steps: rerun the rows whose relative delta exceeds rtol with doubled steps
+    (up to max_steps), each time on those rows alone, and write their answers into ``out``."""
     steps = settings.n_steps
     todo = _unconverged(out, settings.rtol)
     while todo.any() and steps < settings.max_steps:
@@ -163,7 +179,6 @@ def layer_ig(
         for name in ("delta", "logits", "ref_logits", "n_steps"):
             getattr(out, name)[rows] = getattr(redo, name)
         todo = _unconverged(out, settings.rtol)
-    return out
 
 
 def _unconverged(out: Attribution, rtol: float) -> torch.Tensor:
@@ -497,41 +512,65 @@ def _choose_steps(convs: list, p0, m, w_out, gap: torch.Tensor, settings: IGSett
     """
     b = gap.shape[0]
     device, dtype = gap.device, gap.dtype
-    nf = convs[0].w_out.shape[0]
     if settings.method == EXACT:
         return torch.zeros(b, dtype=torch.long, device=device), _time_on(p0, m, None) * w_out, None
     candidates = step_counts(replace(settings, n_steps=n_steps))
     rules = [_rule(settings.method, n, dtype, device) for n in candidates]
-    zero_sums = None  # [B] per unit of the alpha = 0 weight: the attributions it adds, summed
-    if rules[0][2]:  # the rule has a node at alpha = 0
-        zero_sums = sum(
-            (
-                torch.where(w.zero_shares.unsqueeze(2) > 0, w.a, 0.0).mul(w.zero_shares.unsqueeze(2)).sum(dim=1)
-                * w.gradient_at_zero()
-            ).sum(dim=1)
-            for w in convs
-        )
-    chosen = steps = weights = at_zero = None
+    zero_sums = _zero_node_sums(convs) if rules[0][2] else None  # rules[0][2]: the weight of a node at alpha = 0
+    choice = None
     for k, (n, rule) in enumerate(zip(candidates, rules)):
         g = _time_on(p0, m, rule) * w_out  # [B, C * F]
         z = torch.full((b,), rule[2], dtype=dtype, device=device)
-        # [B] sum of the attributions, filter size by filter size
-        total = sum((g[:, k * nf : (k + 1) * nf] * w.m).sum(dim=1) for k, w in enumerate(convs))
-        if zero_sums is not None:
-            total = total + z * zero_sums
-        delta = (total - gap).abs()
+        delta = (_attribution_sums(convs, g, z, zero_sums) - gap).abs()
         done = (delta <= settings.rtol * gap.abs()) | (delta <= 1e-6) | (k == len(candidates) - 1)
-        if chosen is None:
-            steps, weights, at_zero, chosen = torch.full((b,), n, device=device), g, z, done
+        if choice is None:
+            choice = _Choice(torch.full((b,), n, device=device), g, z, done)
         else:
-            take = done & ~chosen
-            steps = torch.where(take, n, steps)
-            weights = torch.where(take.unsqueeze(1), g, weights)
-            at_zero = torch.where(take, z, at_zero)
-            chosen = chosen | done
-        if bool(chosen.all()):
+            choice = choice.then(n, g, z, done)
+        if bool(choice.done.all()):
             break
-    return steps, weights, (at_zero if zero_sums is not None else None)
+    return choice.steps, choice.weights, (choice.at_zero if zero_sums is not None else None)
+
+
+def _zero_node_sums(convs: list) -> torch.Tensor:
+    """[B] per unit of the alpha = 0 node's weight, the attributions it adds, summed: each filter
+    size's windows (all tied there) weighted by their ``zero_shares``, times the gradient at zero."""
+    return sum(
+        (
+            torch.where(w.zero_shares.unsqueeze(2) > 0, w.a, 0.0).mul(w.zero_shares.unsqueeze(2)).sum(dim=1)
+            * w.gradient_at_zero()
+        ).sum(dim=1)
+        for w in convs
+    )
+
+
+def _attribution_sums(convs: list, g: torch.Tensor, z: torch.Tensor, zero_sums: torch.Tensor | None) -> torch.Tensor:
+    """[B] the sum of a review's attributions under channel weights g [B, C * F]: sum_f g_f * M_f,
+    filter size by filter size, plus the alpha = 0 node's weight ``z`` [B] times ``zero_sums``."""
+    nf = convs[0].w_out.shape[0]
+    total = sum((g[:, k * nf : (k + 1) * nf] * w.m).sum(dim=1) for k, w in enumerate(convs))
+    return total if zero_sums is None else total + z * zero_sums
+
+
+class _Choice(NamedTuple):
+    """Adaptive steps so far (``_choose_steps``): per review [B] its steps, channel weights [B, C * F]
+    and alpha = 0 node weight, and whether they are final (its delta was within rtol)."""
+
+    steps: torch.Tensor
+    weights: torch.Tensor
+    at_zero: torch.Tensor
+    done: torch.Tensor
+
+    def then(self, n: int, g: torch.Tensor, z: torch.Tensor, done: torch.Tensor) -> _Choice:
+        """The reviews not yet final take the next candidate (n steps, weights g, node weight z);
+        those that are ``done`` with it become final."""
+        take = done & ~self.done
+        return _Choice(
+            torch.where(take, n, self.steps),
+            torch.where(take.unsqueeze(1), g, self.weights),
+            torch.where(take, z, self.at_zero),
+            self.done | done,
+        )
 
 
 class _Windows(NamedTuple):
