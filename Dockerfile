@@ -63,7 +63,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 1000 --user-group --create-home --home-dir /home/model-server --shell /usr/sbin/nologin model-server
 # Root-owned and not writable by user 1000: the configuration is read-only even without --read-only.
-COPY deploy/storage/config/config.properties metrics.yaml /mnt/models/config/
+COPY deploy/storage/config/config.properties metrics.yaml log4j2.xml /mnt/models/config/
 EXPOSE 8080 8082
 CMD ["torchserve", "--foreground", "--model-store=/mnt/models/model-store", "--ts-config=/mnt/models/config/config.properties"]
 

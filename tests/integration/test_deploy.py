@@ -273,11 +273,13 @@ def test_a_batch_delay_torchserve_would_read_as_100_ms_is_refused_at_build(tmp_p
 
 
 def storage_layout(root: Path) -> Path:
-    """/mnt/models as KServe's storage initializer leaves it: config/ and model-store/, read-only."""
+    """/mnt/models as KServe's storage initializer leaves it: config/ (config.properties, metrics.yaml,
+    log4j2.xml) and model-store/, read-only."""
     models = root / "mnt" / "models"
     (models / "config").mkdir(parents=True)
     shutil.copy(DEPLOY / "storage" / "config" / "config.properties", models / "config")
     shutil.copy(REPO / "metrics.yaml", models / "config")
+    shutil.copy(REPO / "log4j2.xml", models / "config")
     build_mar.build(SHIPPED, models / "model-store")
     for path in [models, *models.rglob("*")]:
         path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH | (0o111 if path.is_dir() else 0))

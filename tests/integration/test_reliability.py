@@ -101,11 +101,6 @@ def test_the_cluster_config_names_the_log4j2_xml_of_the_storage_layout() -> None
     assert {"-Xmx256m", "-XX:+ExitOnOutOfMemoryError"} <= set(vmargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Dockerfile (not this test's owner) copies config.properties and metrics.yaml into "
-    "/mnt/models/config/ but not yet log4j2.xml; when it does, remove this mark",
-)
 def test_the_image_puts_log4j2_xml_where_the_cluster_config_looks() -> None:
     copies = [line.split()[1:] for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")]
     assert any(args[-1] == "/mnt/models/config/" and "log4j2.xml" in args[:-1] for args in copies), copies
