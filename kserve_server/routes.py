@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 import uuid
 
@@ -30,6 +31,7 @@ from kserve_server.batcher import QueueFull
 from kserve_server.model import SentimentModel
 
 BINARY_HEADER = "inference-header-content-length"  # the binary tensor extension's JSON length
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")  # a form's % not starting an escape
 
 
 def register(app: FastAPI, model: SentimentModel) -> None:
@@ -57,7 +59,10 @@ class Routes:
         if missing:
             return _torchserve_error(404, "ModelNotFoundException", missing)
         explain = request.url.path.startswith("/explanations/")
-        inbound = _torchserve_inbound(await request.body(), request.headers.get("content-type", ""))
+        try:
+            inbound = _torchserve_inbound(await request.body(), request.headers.get("content-type", ""))
+        except payload.RequestError as error:
+            return _torchserve_error(error.code, "BadRequest", str(error))
         inbound.explain, inbound.id = explain, str(uuid.uuid4())
         try:
             reply = await self.model.answer(inbound)
@@ -118,8 +123,22 @@ def _torchserve_inbound(raw: bytes, content_type: str) -> Inbound:
     if kind == "application/x-www-form-urlencoded":
         fields = urllib.parse.parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
         if any(k == "text" for k, _ in fields):
+            _check_escapes(raw)
             return Inbound(None, form=dict(fields))
     return Inbound(raw)
+
+
+def _check_escapes(raw: bytes) -> None:
+    """A form's ``%`` must start a two-hex-digit escape: ``parse_qsl`` would keep ``text=good%`` as
+    the literal ``good%``, TorchServe's frontend answers it 500; a 400 says what is wrong. Only a
+    body read as a form is checked (``curl -d '100% great'`` has no field and is the review)."""
+    bad = _BAD_ESCAPE.search(raw)
+    if bad:
+        near = raw[max(0, bad.start() - 10) : bad.start() + 3].decode("utf-8", "replace")
+        raise payload.RequestError(
+            f"malformed percent-escape in a form body near {near!r}: a '%' must be followed by two hex "
+            "digits (send %25 for a literal '%', or the review as text/plain)"
+        )
 
 
 def _infer_request(raw: bytes, headers, name: str) -> InferRequest:

@@ -54,8 +54,7 @@ def worker_starts(url: str) -> float:
 
 @pytest.mark.parametrize("body", [b"text=good%", b"text=%ZZ", b"=x", b"text=%E9t%E9"])
 def test_a_malformed_form_is_answered_without_a_5xx(url: str, body: bytes) -> None:
-    """The bodies TorchServe's frontend answers 500 (ErrorDataDecoderException): decoded leniently
-    here, as urllib does, so the review is the text field as written."""
+    """The bodies TorchServe's frontend answers 500 (ErrorDataDecoderException): a 4xx or an answer here."""
     r = post(url, f"/predictions/{MODEL}", body, "application/x-www-form-urlencoded")
     assert r.status_code < 500, (r.status_code, r.text[:300])
 
