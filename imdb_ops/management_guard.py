@@ -26,18 +26,43 @@ from urllib.parse import parse_qs, urlsplit
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
 
 
+WORKER_KEYS = ("min_worker", "max_worker")
+
+
+WORKER_KEYS = ("min_worker", "max_worker")
+
+
 def refusal(method: str, target: str, max_workers: int) -> str | None:
-    """Why the guard refuses this call, or None to forward it."""
+    """Why the guard refuses this call, or None to forward it.
+
+    Each rule is its own function so a new cap is one more line here, not one more branch: the two
+    rules match disjoint paths (/workflows, /models), so the order they are asked in changes nothing.
+    """
     url = urlsplit(target)
     segments = [s for s in url.path.split("/") if s]
+    return _workflow_refusal(method, segments) or _worker_cap_refusal(method, segments, url.query, max_workers)
+
+
+def _workflow_refusal(method: str, segments: list[str]) -> str | None:
+    """Only reads reach the workflow API: TorchServe 0.12 ignores enable_model_api=false there."""
     if segments[:1] == ["workflows"] and method != "GET":
         return "workflow registration is disabled on this server"
-    if method == "PUT" and segments[:1] == ["models"] and len(segments) in (2, 3):
-        query = parse_qs(url.query)
-        for key in ("min_worker", "max_worker"):
-            for value in query.get(key, []):
-                if not value.isdigit() or int(value) > max_workers:
-                    return f"{key}={value[:20]} is above this server's cap of {max_workers} workers"
+    return None
+
+
+def _worker_cap_refusal(method: str, segments: list[str], query: str, max_workers: int) -> str | None:
+    """A scale call (PUT /models/<name>[/<version>]) asking for more workers than the cap.
+
+    A value that is not a plain digit string ("+9", "-1", "9x") is refused too, rather than guessing
+    what count TorchServe's parser would make of it.
+    """
+    if method != "PUT" or segments[:1] != ["models"] or len(segments) not in (2, 3):
+        return None
+    values = parse_qs(query)
+    for key in WORKER_KEYS:
+        for value in values.get(key, []):
+            if not value.isdigit() or int(value) > max_workers:
+                return f"{key}={value[:20]} is above this server's cap of {max_workers} workers"
     return None
 
 
