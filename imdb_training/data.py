@@ -66,32 +66,64 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+Row = tuple[str, int, str]  # (file or member name, label, text): a sort orders rows by that name
+
+
 def load(path: Path, splits: tuple[str, ...] = ("train", "test")) -> dict[str, Split]:
     """Read the reviews of the given splits; sorted by file name, so order is stable.
 
     Split "unsup" is the 50,000 unlabelled training reviews (label -1), for word vectors.
     """
     path = Path(path)
-    found: dict[str, list[tuple[str, int, str]]] = {s: [] for s in splits}
-    if path.is_dir():
-        for split in splits:
-            folder, labels = ("train", ("unsup",)) if split == "unsup" else (split, ("neg", "pos"))
-            for label in labels:
-                for f in sorted((path / folder / label).glob("*.txt")):
-                    found[split].append((f.name, LABELS[label], f.read_text(encoding="utf-8")))
-    else:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tqdm(tar, desc=f"read {path.name}", unit=" files", mininterval=2):
-                m = _MEMBER.search(member.name)
-                split = "unsup" if m and m.group(2) == "unsup" else m and m.group(1)
-                if split in found and member.isfile():
-                    text = tar.extractfile(member).read().decode("utf-8")
-                    found[split].append((member.name, LABELS[m.group(2)], text))
-    out = {}
-    for split, rows in found.items():
-        rows.sort()
-        out[split] = Split([r[2] for r in rows], [r[1] for r in rows])
-    return out
+    found = _folder_rows(path, splits) if path.is_dir() else _tarball_rows(path, splits)
+    return {split: _as_split(rows) for split, rows in found.items()}
+
+
+def _folder_rows(path: Path, splits: tuple[str, ...]) -> dict[str, list[Row]]:
+    """The rows of each split from a folder in the aclImdb layout."""
+    found: dict[str, list[Row]] = {s: [] for s in splits}
+    for split in splits:
+        found[split] += _folder_split(path, split)
+    return found
+
+
+def _folder_split(path: Path, split: str) -> list[Row]:
+    """One split's rows: "unsup" is a label folder inside train/, not a split folder of its own."""
+    folder, labels = ("train", ("unsup",)) if split == "unsup" else (split, ("neg", "pos"))
+    return [
+        (f.name, LABELS[label], f.read_text(encoding="utf-8"))
+        for label in labels
+        for f in sorted((path / folder / label).glob("*.txt"))
+    ]
+
+
+def _tarball_rows(path: Path, splits: tuple[str, ...]) -> dict[str, list[Row]]:
+    """The rows of each split, read from the tarball in place in one pass over its members, in
+    archive order (a gzip stream seeks backwards only by reading again from the start)."""
+    found: dict[str, list[Row]] = {s: [] for s in splits}
+    with tarfile.open(path, "r:*") as tar:
+        for member in tqdm(tar, desc=f"read {path.name}", unit=" files", mininterval=2):
+            m = _MEMBER.search(member.name)
+            split = _member_split(m)
+            if split in found and member.isfile():
+                text = tar.extractfile(member).read().decode("utf-8")
+                found[split].append((member.name, LABELS[m.group(2)], text))
+    return found
+
+
+def _member_split(m: re.Match | None) -> str | None:
+    """The split of a tarball member: unsup reviews sit under train/ yet are a split of their own;
+    None for members that are not reviews."""
+    if m is None:
+        return None
+    return "unsup" if m.group(2) == "unsup" else m.group(1)
+
+
+def _as_split(rows: list[Row]) -> Split:
+    """Rows sorted by name (the file name in a folder, the member path in a tarball), so the order
+    does not depend on the order the files were listed or archived in."""
+    rows.sort()
+    return Split([r[2] for r in rows], [r[1] for r in rows])
 
 
 def validation_split(n: int, val_size: int, rng: random.Random) -> tuple[list[int], list[int]]:
