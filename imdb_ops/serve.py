@@ -233,15 +233,22 @@ def failure(server: Server) -> str | None:
     if server.pid is not None and not _alive(server.pid):
         return f"TorchServe exited.\n{log_tail(server.workdir)}"
     lines = _lines(server.workdir / "logs" / "ts_log.log")
-    hits = [i for i, line in enumerate(lines) if FAILURE.search(line)]
-    if not hits:
+    hit = next((i for i, line in enumerate(lines) if FAILURE.search(line)), None)
+    if hit is None:
         return None
-    worker = [line for line in _lines(server.workdir / "logs" / "model_log.log") if "MODEL_LOG" in line]
-    # TorchServe's worker logs the handler's exception in one line before the traceback.
+    summary, worker_log = _worker_words(server.workdir)
+    cause = "\n".join(lines[hit : hit + 12])
+    return f"{summary}ts_log.log:\n{cause}{worker_log}"
+
+
+def _worker_words(workdir: Path) -> tuple[str, str]:
+    """("cause: <the handler's exception>\n" or "", "\nmodel_log.log:\n<its last 15 lines>" or ""):
+    the worker's MODEL_LOG lines, read only once ts_log.log has a FAILURE line. TorchServe's worker
+    logs the handler's exception in one line before the traceback: that line is the summary."""
+    worker = [line for line in _lines(workdir / "logs" / "model_log.log") if "MODEL_LOG" in line]
     first = next((line.split("MODEL_LOG - ", 1)[-1] for line in worker if "Failed to load model" in line), None)
-    cause = "\n".join(lines[hits[0] : hits[0] + 12])
     summary = f"cause: {first}\n" if first else ""
-    return f"{summary}ts_log.log:\n{cause}" + ("\nmodel_log.log:\n" + "\n".join(worker[-15:]) if worker else "")
+    return summary, ("\nmodel_log.log:\n" + "\n".join(worker[-15:]) if worker else "")
 
 
 def settled_failure(server: Server, cause: str, grace: float = 5.0) -> str:
@@ -331,20 +338,22 @@ def stop(server: Server | Path, grace: float = 15) -> None:
         return
     _signal(pid, signal.SIGSTOP)
     children = _children(pid)
-    for p in children:
-        _signal(p, signal.SIGTERM)
-    deadline = time.time() + grace
-    while time.time() < deadline and any(_alive(p) for p in children):
-        time.sleep(0.2)
-    for p in children:
-        _signal(p, signal.SIGKILL)
+    _signal_all(children, signal.SIGTERM)
+    _wait_gone(children, grace)
+    _signal_all(children, signal.SIGKILL)
+    # Then the JVM: its TERM is sent while it is still frozen and acted on once it continues.
     _signal(pid, signal.SIGTERM)
     _signal(pid, signal.SIGCONT)
-    deadline = time.time() + grace
-    while time.time() < deadline and _alive(pid):
-        time.sleep(0.2)
+    _wait_gone([pid], grace)
     _signal(pid, signal.SIGKILL)
     (workdir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
+
+
+def _wait_gone(pids: list[int], grace: float) -> None:
+    """Wait up to ``grace`` seconds for every one of ``pids`` to exit (a zombie counts as exited)."""
+    deadline = time.time() + grace
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
 
 
 def _children(pid: int) -> list[int]:
@@ -372,6 +381,11 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for p in pids:
+        _signal(p, sig)
 
 
 def curl_hint(server: Server) -> str:
