@@ -244,30 +244,39 @@ def classify(err: OSError) -> str:
     return "reset"
 
 
+GROUPS = ("before_deletion", "after_deletion_before_sigterm", "in_flight_at_sigterm", "sent_after_sigterm")
+
+
+def group_of(t0: float, t1: float, deleted: float, sigterm: float) -> str:
+    """Which of the four disjoint GROUPS a request sent at ``t0`` and ended at ``t1`` belongs to."""
+    if t0 < sigterm <= t1:
+        return "in_flight_at_sigterm"
+    if t0 >= sigterm:
+        return "sent_after_sigterm"
+    return "before_deletion" if t0 < deleted else "after_deletion_before_sigterm"
+
+
 def summary(records: list[tuple[float, float, str]], deleted: float, sigterm: float) -> dict:
     """Counts of outcomes in four disjoint groups: sent before the deletion, sent in the routing window
     before SIGTERM, in flight at SIGTERM (sent before it, ended after), sent after SIGTERM. Where the
     hook stops the server itself (TorchServe's ``torchserve --stop``), the stop is its last step, within
     about 0.1 s of the SIGTERM."""
-    groups: dict[str, list[str]] = {
-        "before_deletion": [],
-        "after_deletion_before_sigterm": [],
-        "in_flight_at_sigterm": [],
-        "sent_after_sigterm": [],
-    }
+    groups: dict[str, list[str]] = {name: [] for name in GROUPS}
     for t0, t1, outcome in records:
-        if t0 < sigterm <= t1:
-            groups["in_flight_at_sigterm"].append(outcome)
-        elif t0 >= sigterm:
-            groups["sent_after_sigterm"].append(outcome)
-        else:
-            groups["before_deletion" if t0 < deleted else "after_deletion_before_sigterm"].append(outcome)
+        groups[group_of(t0, t1, deleted, sigterm)].append(outcome)
     out: dict = {name: dict(Counter(outcomes)) for name, outcomes in groups.items()}
-    out["lost"] = sum(o != "answered" for _, _, o in records)
-    out["answered_after_deletion"] = sum(o == "answered" and t1 >= deleted for _, t1, o in records)
+    return {**out, **answer_totals(records, deleted, sigterm)}
+
+
+def answer_totals(records: list[tuple[float, float, str]], deleted: float, sigterm: float) -> dict:
+    """``lost`` (every request not answered), the answers that ended after the deletion, and how long
+    after SIGTERM the last answer came (None when none came after it)."""
     answered_after = [t1 - sigterm for t0, t1, o in records if o == "answered" and t1 >= sigterm]
-    out["last_answer_after_sigterm_s"] = round(max(answered_after), 3) if answered_after else None
-    return out
+    return {
+        "lost": sum(o != "answered" for _, _, o in records),
+        "answered_after_deletion": sum(o == "answered" and t1 >= deleted for _, t1, o in records),
+        "last_answer_after_sigterm_s": round(max(answered_after), 3) if answered_after else None,
+    }
 
 
 # ---------------------------------------------------------------- the run
