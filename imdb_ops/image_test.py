@@ -124,26 +124,45 @@ class HostState:
     def restore(self) -> list[str]:
         """Delete the rules and chains that appeared since, reset changed chain policies (dockerd sets
         FORWARD to DROP), delete the bridge and reset ip_forward; then check that nothing differs."""
-        done = []
-        for table in self.TABLES:
-            added = [r for r in self._rules(table) if r not in self.rules[table]]
-            for rule in (r for r in added if r.startswith("-A ")):
-                subprocess.run(["iptables", "-t", table, "-D", *rule.split()[1:]], check=False)
-            for chain in (r.split()[1] for r in added if r.startswith("-N ")):
-                subprocess.run(["iptables", "-t", table, "-F", chain], check=False)
-                subprocess.run(["iptables", "-t", table, "-X", chain], check=False)
-            for policy in (r for r in self.rules[table] if r.startswith("-P ") and r not in self._rules(table)):
-                subprocess.run(["iptables", "-t", table, *policy.split()], check=False)
-            done.append(f"iptables {table}: {len(added)} rules/chains/policies undone")
-        if not self.had_bridge and Path("/sys/class/net/docker0").exists():
+        done = [self._restore_table(table) for table in self.TABLES]
+        if self._new_bridge():
             subprocess.run(["ip", "link", "delete", "docker0"], check=False)
             done.append("docker0 deleted")
         Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward + "\n")
         done.append(f"ip_forward={self.ip_forward}")
-        left = {t: [r for r in self._rules(t) if r not in self.rules[t]] for t in self.TABLES}
-        if any(left.values()) or (not self.had_bridge and Path("/sys/class/net/docker0").exists()):
+        left = {t: self._added(t) for t in self.TABLES}
+        if any(left.values()) or self._new_bridge():
             raise RuntimeError(f"the host still differs after dockerd: {left}")
         return done
+
+    def _added(self, table: str) -> list[str]:
+        """The lines of ``iptables -S`` for ``table`` that were not there before dockerd."""
+        return [r for r in self._rules(table) if r not in self.rules[table]]
+
+    def _new_bridge(self) -> bool:
+        """docker0 is there now and was not before dockerd."""
+        return not self.had_bridge and Path("/sys/class/net/docker0").exists()
+
+    def _restore_table(self, table: str) -> str:
+        """Undo dockerd's changes to one table: its rules (-A), then its chains (-N: flushed, deleted), then
+        the policies (-P) that differ from the recorded ones. Each step is best-effort (restore checks after)."""
+        added = self._added(table)
+        for rule in (r for r in added if r.startswith("-A ")):
+            self._iptables(table, "-D", *rule.split()[1:])
+        for chain in (r.split()[1] for r in added if r.startswith("-N ")):
+            self._iptables(table, "-F", chain)
+            self._iptables(table, "-X", chain)
+        self._reset_policies(table)
+        return f"iptables {table}: {len(added)} rules/chains/policies undone"
+
+    def _reset_policies(self, table: str) -> None:
+        """Set back each recorded chain policy that is no longer in force (the table is listed anew for each)."""
+        for policy in (r for r in self.rules[table] if r.startswith("-P ") and r not in self._rules(table)):
+            self._iptables(table, *policy.split())
+
+    @staticmethod
+    def _iptables(table: str, *args: str) -> None:
+        subprocess.run(["iptables", "-t", table, *args], check=False)
 
 
 @contextmanager
@@ -274,13 +293,22 @@ def wait_ready(url: str, path: str, timeout: float) -> float:
 
 
 def close(a, b, tol: float = 1e-6) -> bool:
+    """Equal structure and values, floats within ``tol`` (relative above 1)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
+        return _close_dicts(a, b, tol)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+        return _close_lists(a, b, tol)
     if isinstance(a, float) or isinstance(b, float):
         return abs(a - b) <= tol * max(1.0, abs(a))
     return a == b
+
+
+def _close_dicts(a: dict, b: dict, tol: float) -> bool:
+    return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
+
+
+def _close_lists(a: list, b: list, tol: float) -> bool:
+    return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
 
 
 def compare_with_local(container_url: str, local: serve.Server) -> list[str]:
@@ -381,6 +409,17 @@ def builder_files_absent(env: dict, tag: str, env_folder: Path) -> list[str]:
     if "build-env" in history or "ca.crt" in history:
         raise AssertionError(f"the image history mentions the build environment:\n{history}")
     secrets = {hashlib.sha256((env_folder / f).read_bytes()).hexdigest(): f for f in ("ca.crt", "pip.conf")}
+    found, pem_files, files = scan_image(env, tag, secrets)
+    own = host_only_certificates(pem_files)
+    found += [name for name, data in pem_files.items() if any(c.encode() in data for c in own)]
+    if found:
+        raise AssertionError(f"builder-only files in the image: {found}")
+    return [f"{files} files scanned: no build-env, CA bundle, pip.conf, nor any of the {len(own)} host-only CA certs"]
+
+
+def scan_image(env: dict, tag: str, secrets: dict[str, str]) -> tuple[list[str], dict[str, bytes], int]:
+    """One pass over the image's filesystem: (entries under build-env or with the content of a file of
+    ``secrets`` (by sha256), the PEM files by name, the number of files read)."""
     found, pem_files, files = [], {}, 0
     for name, data in image_files(env, tag):
         if name.startswith("build-env"):
@@ -392,15 +431,16 @@ def builder_files_absent(env: dict, tag: str, env_folder: Path) -> list[str]:
             found.append(name)
         if b"BEGIN CERTIFICATE" in data:
             pem_files[name] = data
-    # Public: Debian's set, in the image (TorchServe's JRE pulls ca-certificates in) or on this host (the
-    # KServe image has no system bundle, only certifi's and grpc's copies of the same public roots).
+    return found, pem_files, files
+
+
+def host_only_certificates(pem_files: dict[str, bytes]) -> set[str]:
+    """The certificates of this machine's CA bundle that are not public. Public: Debian's set, in the image
+    (TorchServe's JRE pulls ca-certificates in) or on this host (the KServe image has no system bundle,
+    only certifi's and grpc's copies of the same public roots)."""
     debian = pem_files.get("etc/ssl/certs/ca-certificates.crt", b"").decode()
     debian += "".join(c.read_text() for c in Path("/usr/share/ca-certificates/mozilla").glob("*.crt"))
-    own = certificates(HOST_CA.read_text()) - certificates(debian)
-    found += [name for name, data in pem_files.items() if any(c.encode() in data for c in own)]
-    if found:
-        raise AssertionError(f"builder-only files in the image: {found}")
-    return [f"{files} files scanned: no build-env, CA bundle, pip.conf, nor any of the {len(own)} host-only CA certs"]
+    return certificates(HOST_CA.read_text()) - certificates(debian)
 
 
 # ---------------------------------------------------------------- main
