@@ -336,36 +336,61 @@ def run(a: argparse.Namespace) -> dict:
         workers = {"before": Remote("before", old, texts_file, a.artifacts)}
         workers["after"] = Remote("after", REPO, texts_file, a.artifacts)
         try:
-            seconds = {name: [] for name in workers}
-            for _ in range(a.rounds):  # alternate, so both see the same load
-                for name, w in workers.items():
-                    seconds[name] += w.ask(do="passes", n=1)["seconds"]
-            runs = {name: [] for name in workers}
-            for _ in range(a.stage_passes):
-                for name, w in workers.items():
-                    runs[name].append(w.ask(do="stages")["stages"])
-            stages = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+            seconds = timed_passes(workers, a.rounds)
+            stages = stage_medians(workers, a.stage_passes)
             profiles = {name: w.ask(do="profile", top=a.top)["profile"] for name, w in workers.items()}
-            files = {name: Path(scratch, f"{name}.json") for name in workers}
-            for name, w in workers.items():
-                w.ask(do="answers", path=str(files[name]))
-            answers = compare_answers(files["before"], files["after"])
+            answers = same_answers(workers, Path(scratch))
         finally:
             for w in workers.values():
                 w.close()
     out = {"reviews": len(texts), "old": a.old_tree and str(a.old_tree) or a.old_commit}
-    for clock, i in (("cpu", 0), ("wall", 1)):
-        rates = {name: [len(texts) / s[i] for s in secs] for name, secs in seconds.items()}
-        median = {name: statistics.median(r) for name, r in rates.items()}
-        out[f"reviews_per_{clock}_s"] = {name: [round(r, 1) for r in rs] for name, rs in rates.items()}
-        out[f"median_reviews_per_{clock}_s"] = {name: round(r, 1) for name, r in median.items()}
-        out[f"speedup_{clock}"] = round(median["after"] / median["before"], 2)
     return {
         **out,
+        **review_rates(seconds, len(texts)),
         "stages_us_per_review": stages,
         "profile": profiles,
         "answers": answers,
     }
+
+
+def timed_passes(workers: dict[str, Remote], rounds: int) -> dict[str, list]:
+    """(CPU, wall) seconds of each timed pass, by worker; the workers alternate pass by pass, so that
+    both see the same machine load."""
+    seconds = {name: [] for name in workers}
+    for _ in range(rounds):
+        for name, w in workers.items():
+            seconds[name] += w.ask(do="passes", n=1)["seconds"]
+    return seconds
+
+
+def stage_medians(workers: dict[str, Remote], passes: int) -> dict[str, dict[str, float]]:
+    """CPU µs per review of each stage, the median of ``passes`` instrumented passes, by worker."""
+    runs = {name: [] for name in workers}
+    for _ in range(passes):
+        for name, w in workers.items():
+            runs[name].append(w.ask(do="stages")["stages"])
+    return {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+
+
+def same_answers(workers: dict[str, Remote], scratch: Path) -> dict:
+    """Each worker writes its replies to a file of ``scratch``; the two files compared."""
+    files = {name: Path(scratch, f"{name}.json") for name in workers}
+    for name, w in workers.items():
+        w.ask(do="answers", path=str(files[name]))
+    return compare_answers(files["before"], files["after"])
+
+
+def review_rates(seconds: dict[str, list], reviews: int) -> dict:
+    """Reviews per CPU and per wall-clock second, pass by pass and their median, by worker, and the
+    speedup of the medians (after / before)."""
+    out = {}
+    for clock, i in (("cpu", 0), ("wall", 1)):
+        rates = {name: [reviews / s[i] for s in secs] for name, secs in seconds.items()}
+        median = {name: statistics.median(r) for name, r in rates.items()}
+        out[f"reviews_per_{clock}_s"] = {name: [round(r, 1) for r in rs] for name, rs in rates.items()}
+        out[f"median_reviews_per_{clock}_s"] = {name: round(r, 1) for name, r in median.items()}
+        out[f"speedup_{clock}"] = round(median["after"] / median["before"], 2)
+    return out
 
 
 def report(result: dict) -> str:
