@@ -57,6 +57,12 @@ def pick_reviews(data: str | None, n: int, seed: int, lengths: str) -> tuple[lis
     if lengths == "imdb":
         chosen = [texts[i] for i in order[:n]]
         return chosen, tokenize(chosen)
+    return _pick_256(texts, order, n)
+
+
+def _pick_256(texts: list[str], order: list[int], n: int) -> tuple[list[str], list[list[str]]]:
+    """The first ``n`` reviews of ``order`` with 200..300 tokens. Only reviews of a plausible word count
+    are tokenized, 512 at a time, and tokenizing stops once ``n`` are kept."""
     lo, hi = BAND_256
     candidates = [i for i in order if _WORDS_256[0] <= len(texts[i].split()) <= _WORDS_256[1]]
     kept: list[tuple[str, list[str]]] = []
