@@ -79,7 +79,21 @@ class InProcess:
 
     def rate(self, kind: str, requests_per_call: int) -> float:
         """Reviews/s of one pass over all bodies."""
-        from handler.inprocess import local_handler, replies
+        from handler.inprocess import replies
+
+        handler, context = self._handler(requests_per_call)
+        explain = kind == "explanations"
+        self._warm_up(handler, context, requests_per_call, explain)
+        t0 = time.perf_counter()
+        raw = replies(handler, context, self.bodies, explain)  # what the worker hands the frontend
+        per_s = self.reviews / (time.perf_counter() - t0)
+        self._check(raw)
+        return per_s
+
+    def _handler(self, requests_per_call: int) -> tuple:
+        """(handler, context) for ``requests_per_call`` bodies per call, loaded once; torch's threads set
+        after the load, since the handler sets its own from model-config.yaml as it loads."""
+        from handler.inprocess import local_handler
 
         if requests_per_call not in self._handlers:
             self._handlers[requests_per_call] = local_handler(self.artifacts, batch_size=requests_per_call)
@@ -87,19 +101,22 @@ class InProcess:
                 import torch
 
                 torch.set_num_threads(self.threads or os.cpu_count() or 1)
-        handler, context = self._handlers[requests_per_call]
-        explain = kind == "explanations"
+        return self._handlers[requests_per_call]
+
+    def _warm_up(self, handler, context, requests_per_call: int, explain: bool) -> None:
+        """Two calls' worth of bodies, untimed, the first time a (bodies per call, kind) is measured."""
+        from handler.inprocess import replies
+
         if (requests_per_call, explain) not in self._warm:
             replies(handler, context, self.bodies[: 2 * requests_per_call], explain)
             self._warm.add((requests_per_call, explain))
-        t0 = time.perf_counter()
-        raw = replies(handler, context, self.bodies, explain)  # what the worker hands the frontend
-        per_s = self.reviews / (time.perf_counter() - t0)
+
+    def _check(self, raw: list) -> None:
+        """One answer per body and none an error: a failing handler must not pass for a fast one."""
         answers = [json.loads(r) if isinstance(r, str) else r for r in raw]
         failed = [a for a in answers if "error" in a or "code" in a]
         if len(answers) != len(self.bodies) or failed:
             raise RuntimeError(f"in-process handler: {len(answers)} answers to {len(self.bodies)}, e.g. {failed[:1]}")
-        return per_s
 
 
 @dataclass
@@ -215,18 +232,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def main(argv: list[str] | None = None) -> dict:
-    a = parse_args(argv)
-    machine = bench_record.machine_info("cpu")  # before any work of ours
-    texts, token_lists = bench_inputs.pick_reviews(a.data, a.requests, a.seed, "imdb")
-    record = bench_inputs.inputs_record(token_lists, TextSettings.load(a.artifacts), a.seed, "imdb")
-    record["per_request"] = a.per_request
-    print(f"# served load: {a.requests} IMDB test reviews at the real length mix, {a.per_request} per request")
-    print(f"token lengths: {record['token_lengths']}", flush=True)
-    bodies = request_bodies(texts, a.per_request)
-    set_worker_threads(a.worker_threads)
-    threads = "as shipped" if a.worker_threads is None else a.worker_threads or "torch default"
-    inprocess, served = InProcess(a.artifacts, bodies, len(texts), a.worker_threads), []
+def serve_cells(a: argparse.Namespace, inprocess: InProcess, threads: int | str) -> list[dict]:
+    """Every cell: for each server and batchSize one server (built and started afresh), for each kind
+    and concurrency ``a.repeat`` pairs against ``inprocess``."""
+    served = []
     for name, batch_size in itertools.product(a.servers, a.batch_sizes):
         delay = 0 if batch_size == 1 else a.max_batch_delay
         labels = {"server": name, "batchSize": batch_size, "maxBatchDelay": delay, "workers": a.workers}
@@ -240,6 +249,33 @@ def main(argv: list[str] | None = None) -> dict:
         with server(name, a.artifacts, model_config, a.worker_threads) as running:
             for kind, c in itertools.product(a.kinds, a.concurrency):
                 served.append(measure(running, inprocess, a.per_request, kind, c, labels, a.repeat))
+    return served
+
+
+def print_ratios(a: argparse.Namespace, served: list[dict]) -> None:
+    """The last lines: served / in-process at each concurrency, one line per server, kind and batchSize."""
+    for name, kind, bs in itertools.product(a.servers, a.kinds, a.batch_sizes):
+        cells = [
+            f"c={r['concurrency']}:{r['ratio']:.2f}"
+            for r in served
+            if (r["server"], r["kind"], r["batchSize"]) == (name, kind, bs)
+        ]
+        print(f"served_vs_inprocess {name} {kind} batchSize={bs} {' '.join(cells)}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(argv)
+    machine = bench_record.machine_info("cpu")  # before any work of ours
+    texts, token_lists = bench_inputs.pick_reviews(a.data, a.requests, a.seed, "imdb")
+    record = bench_inputs.inputs_record(token_lists, TextSettings.load(a.artifacts), a.seed, "imdb")
+    record["per_request"] = a.per_request
+    print(f"# served load: {a.requests} IMDB test reviews at the real length mix, {a.per_request} per request")
+    print(f"token lengths: {record['token_lengths']}", flush=True)
+    bodies = request_bodies(texts, a.per_request)
+    set_worker_threads(a.worker_threads)
+    threads = "as shipped" if a.worker_threads is None else a.worker_threads or "torch default"
+    inprocess = InProcess(a.artifacts, bodies, len(texts), a.worker_threads)
+    served = serve_cells(a, inprocess, threads)
     # What a lone request costs the handler (the c=1 case's own ceiling, maxBatchDelay aside).
     single = [{"kind": k, "requests_per_call": 1, "reviews_per_s": inprocess.rate(k, 1)} for k in a.kinds]
     path = bench_record.write(
@@ -255,13 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n" + bench_record.markdown(rows, SERVED_COLUMNS) + "\n")
     print("in-process, one request per call: " + ", ".join(f"{r['kind']} {r['reviews_per_s']:.1f}/s" for r in single))
     print(f"JSON: {path}")
-    for name, kind, bs in itertools.product(a.servers, a.kinds, a.batch_sizes):
-        cells = [
-            f"c={r['concurrency']}:{r['ratio']:.2f}"
-            for r in served
-            if (r["server"], r["kind"], r["batchSize"]) == (name, kind, bs)
-        ]
-        print(f"served_vs_inprocess {name} {kind} batchSize={bs} {' '.join(cells)}")
+    print_ratios(a, served)
     return bench_record.load(path)
 
 
