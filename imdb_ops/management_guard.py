@@ -29,9 +29,6 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 WORKER_KEYS = ("min_worker", "max_worker")
 
 
-WORKER_KEYS = ("min_worker", "max_worker")
-
-
 def refusal(method: str, target: str, max_workers: int) -> str | None:
     """Why the guard refuses this call, or None to forward it.
 
