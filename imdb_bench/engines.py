@@ -44,6 +44,7 @@ from imdb_bench import record as bench_record
 MODEL_CONFIG = bench_inputs.REPO / "model-config.yaml"
 WHOLE_BATCH = 10**15  # chunk_elements so large that layer_ig runs the whole batch in one Captum call
 ARBITRATE_LIMIT = 16  # reviews re-explained in float64 where the engines differ by more than 1e-5
+CUDA_BATCH_SIZES = (64, 256, 1024, 2048, 4096)  # the fast engine's reviews per call on a GPU (those <= --n)
 
 
 @dataclass
@@ -296,7 +297,8 @@ def print_report(results: list[CaseResult], agreement: dict, summary: dict, a: a
     )
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
+    """The options; those left at None get defaults by device in ``parse_args``, which sees the device."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="64 reviews, the tutorial way on 8 (about 1 min on 2 cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -305,18 +307,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="fast engine reviews/call (cpu: 32)")
     p.add_argument("--steps", type=int, default=50, help="steps of plain Captum and the fast engine (Captum's 50)")
     bench_inputs.add_common(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, with the defaults that depend on the device (and on ``--quick``) filled in."""
+    a = parser().parse_args(argv)
     cuda = a.device.startswith("cuda")
-    a.lengths = a.lengths or ("256" if cuda else "imdb")
-    a.n = a.n or (64 if a.quick else 4096 if cuda else 256)
-    a.tutorial_n = min(a.n, 8 if a.quick else 16)
-    a.batch_sizes = a.batch_sizes or ([s for s in (64, 256, 1024, 2048, 4096) if s <= a.n] if cuda else [32])
-    a.captum_batch_size = 64 if cuda else min(a.batch_sizes[0], 64)  # the issue: Captum batched, 64 reviews
+    _default_sample(a, cuda)
+    _default_batches(a, cuda)
     served = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]["explain"]
     a.chunk_elements = served["gpu_chunk_elements" if cuda else "chunk_elements"]
     a.repeat = 3 if cuda else 1
     a.out = a.out or bench_record.default_path("engines", a.device)
     return a
+
+
+def _default_sample(a: argparse.Namespace, cuda: bool) -> None:
+    """Which reviews and how many: a GPU gets the issue's 256-token reviews and enough of them to
+    fill its largest batch; the tutorial's one-review-at-a-time way runs on a few only (it is slow)."""
+    a.lengths = a.lengths or ("256" if cuda else "imdb")
+    a.n = a.n or (64 if a.quick else 4096 if cuda else 256)
+    a.tutorial_n = min(a.n, 8 if a.quick else 16)
+
+
+def _default_batches(a: argparse.Namespace, cuda: bool) -> None:
+    """Reviews per call: on a GPU the fast engine sweeps sizes up to ``--n``, on CPU one size (32);
+    Captum batched takes 64 (the issue's figure), on CPU the first fast-engine size where smaller."""
+    a.batch_sizes = a.batch_sizes or ([s for s in CUDA_BATCH_SIZES if s <= a.n] if cuda else [32])
+    a.captum_batch_size = 64 if cuda else min(a.batch_sizes[0], 64)
 
 
 def main(argv: list[str] | None = None) -> dict:
