@@ -106,6 +106,32 @@ def test_the_image_puts_log4j2_xml_where_the_cluster_config_looks() -> None:
     assert any(args[-1] == "/mnt/models/config/" and "log4j2.xml" in args[:-1] for args in copies), copies
 
 
+MB = {"KB": 1e3, "MB": 1e6, "GB": 1e9}
+QUANTITY = {"Mi": 2**20, "Gi": 2**30}
+
+
+def log_budget_bytes(xml: str) -> float:
+    """The most log4j2.xml lets the logs hold: per rolling file one active file (the size policy)
+    plus its gzipped predecessors up to their IfAccumulatedFileSize."""
+    size = re.search(r'<Property name="size">(\d+) (KB|MB|GB)</Property>', xml)
+    active = int(size.group(1)) * MB[size.group(2)]
+    files = len(re.findall(r"<RollingFile ", xml))
+    kept = sum(int(n) * MB[u] for n, u in re.findall(r'IfAccumulatedFileSize exceeds="(\d+) (KB|MB|GB)"', xml))
+    return files * active + kept
+
+
+@pytest.mark.parametrize("manifest", ["kubernetes/deployment.yaml", "kserve/servingruntime.yaml"])
+def test_the_bounded_logs_fit_the_working_directory_volume_of_the_torchserve_pod(manifest: str) -> None:
+    """TorchServe writes logs/ under its working directory, /home/model-server: an emptyDir whose
+    sizeLimit, once exceeded, gets the pod evicted. log4j2.xml's byte budget must fit in it with room
+    for the key file and the model snapshot."""
+    text = (REPO / "deploy" / manifest).read_text()
+    volume = re.search(r"- name: workdir\s+emptyDir: \{sizeLimit: (\d+)(Mi|Gi)\}", text)
+    limit = int(volume.group(1)) * QUANTITY[volume.group(2)]
+    budget = log_budget_bytes((REPO / "log4j2.xml").read_text())
+    assert budget <= 0.9 * limit, (budget / 2**20, limit / 2**20)
+
+
 def cluster_layout(root: Path) -> Path:
     """/mnt/models under ``root``: the cluster config (its /mnt/models paths moved there, as
     test_deploy.runtime_args moves the runtime's), metrics.yaml, the repository's log4j2.xml, the archive."""
