@@ -18,16 +18,15 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-from imdb_ops.targets import MODEL, REPO, Target
+from imdb_ops.targets import MODEL, Target
+from imdb_training import data
 
-IMDB_TAR = REPO.parent / "shared" / "data" / "aclImdb_v1.tar.gz"
 SUMMARY = re.compile(r"(\d+) review\(s\), (\d+) failed")
 RETRIES = re.compile(r"; (\d+) retr(?:y|ies) \(([^)]*)\)")
 SENTENCES = (
@@ -38,25 +37,20 @@ SENTENCES = (
 )
 
 
-def imdb_reviews(n: int, tar: Path = IMDB_TAR) -> list[dict]:
-    """``n`` reviews of the IMDB test set, neg and pos alternating, with their labels; synthetic
-    labelled reviews where the archive is absent."""
-    if not tar.exists():
-        return synthetic_reviews(n)
-    found: dict[str, list[str]] = {"neg": [], "pos": []}
-    with tarfile.open(tar, "r:gz") as archive:
-        for member in archive:
-            m = re.match(r"aclImdb/test/(neg|pos)/[^/]+\.txt$", member.name)
-            if m and len(found[m.group(1)]) < (n + 1) // 2:
-                found[m.group(1)].append(archive.extractfile(member).read().decode("utf-8"))
-            if sum(map(len, found.values())) >= n + 1:
-                break
-    pairs = [(label, text) for duo in zip(found["neg"], found["pos"]) for label, text in zip(("neg", "pos"), duo)]
+def imdb_reviews(n: int) -> list[dict]:
+    """``n`` reviews of the IMDB test set (``imdb_training.data``: ../shared, data/ or Stanford's),
+    neg and pos alternating in the data's file-name order, with their labels."""
+    test = data.load(data.locate(), splits=("test",))["test"]
+    by_label: dict[int, list[str]] = {0: [], 1: []}
+    for text, label in zip(test.texts, test.labels):
+        by_label[label].append(text)
+    pairs = [duo for pair in zip(by_label[0], by_label[1]) for duo in zip(("neg", "pos"), pair)]
     return [{"text": text, "label": label} for label, text in pairs[:n]]
 
 
 def synthetic_reviews(n: int) -> list[dict]:
-    """Labelled reviews of 2-4 sentences of one polarity, each numbered so that no two are equal."""
+    """Labelled reviews of 2-4 sentences of one polarity, each numbered so that no two are equal
+    (the quick tests: no data set to read)."""
     out = []
     for i in range(n):
         label, _ = SENTENCES[i % len(SENTENCES)]

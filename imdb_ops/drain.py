@@ -47,6 +47,8 @@ from pathlib import Path
 
 import yaml
 
+from imdb_ops.serve import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy" / "kserve"
 MODEL = "imdb_sentiment"
@@ -86,12 +88,6 @@ def shipped_grace(server: str) -> float:
 
 def shipped_prestop(server: str) -> list[str] | None:
     return container(server).get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the pod

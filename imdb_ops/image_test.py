@@ -195,7 +195,7 @@ def dockerd(state: Path):
             time.sleep(1)
         yield env
     finally:
-        children = serve._children(proc.pid)
+        children = serve.children_of(proc.pid)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)

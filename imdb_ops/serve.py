@@ -337,7 +337,7 @@ def stop(server: Server | Path, grace: float = 15) -> None:
     if pid is None:
         return
     _signal(pid, signal.SIGSTOP)
-    children = _children(pid)
+    children = children_of(pid)
     _signal_all(children, signal.SIGTERM)
     _wait_gone(children, grace)
     _signal_all(children, signal.SIGKILL)
@@ -356,7 +356,7 @@ def _wait_gone(pids: list[int], grace: float) -> None:
         time.sleep(0.2)
 
 
-def _children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=,ppid=", "-e"], capture_output=True, text=True).stdout
     tree = [tuple(map(int, line.split())) for line in out.splitlines() if line.strip()]
     found, frontier = [], [pid]

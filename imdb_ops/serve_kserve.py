@@ -46,12 +46,12 @@ def ready(url: str) -> bool:
         return False
 
 
-def _launch(model: Path, port: int, log, *extra: str) -> subprocess.Popen:
+def launch(model: Path, port: int, log, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "kserve_server", "--model", str(model), "--port", str(port), *extra]
     return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+def wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
     """Return once ``url`` is ready; RuntimeError with the log's tail if the server dies or times out."""
     deadline = time.time() + timeout
     while not ready(url):
@@ -60,7 +60,7 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path) 
         time.sleep(0.3)
 
 
-def _stop_group(pid: int, alive, grace: float = 35) -> None:
+def stop_group(pid: int, alive, grace: float = 35) -> None:
     """TERM to the server's process group, KILL after ``grace`` seconds if ``alive()`` still holds."""
     os.killpg(pid, signal.SIGTERM)
     deadline = time.time() + grace
@@ -74,11 +74,11 @@ def start(model: Path, port: int, timeout: float) -> str:
     """The server's URL once ready; exits with its log's tail if it dies or times out."""
     LOGS.mkdir(exist_ok=True)
     log = LOGS / "kserve_server.log"
-    process = _launch(model, port, log.open("w"))
+    process = launch(model, port, log.open("w"))
     PID.write_text(str(process.pid))
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, timeout, log)
+        wait_ready(url, process, timeout, log)
     except RuntimeError as err:
         stop()
         sys.exit(str(err))
@@ -88,7 +88,7 @@ def start(model: Path, port: int, timeout: float) -> str:
 def stop() -> None:
     pid = _pid()
     if pid is not None:
-        _stop_group(pid, lambda: _pid() is not None)
+        stop_group(pid, lambda: _pid() is not None)
     PID.unlink(missing_ok=True)
 
 
@@ -99,13 +99,13 @@ def running(model: Path, *extra: str, timeout: float = 120) -> Iterator[str]:
     would fill and stall it)."""
     port = free_port()
     with tempfile.NamedTemporaryFile("w+", prefix="kserve_server-", suffix=".log") as log:
-        process = _launch(model, port, log, *extra)
+        process = launch(model, port, log, *extra)
         try:
-            _wait_ready(f"http://127.0.0.1:{port}", process, timeout, Path(log.name))
+            wait_ready(f"http://127.0.0.1:{port}", process, timeout, Path(log.name))
             yield f"http://127.0.0.1:{port}"
         finally:
             if process.poll() is None:
-                _stop_group(process.pid, lambda: process.poll() is None)
+                stop_group(process.pid, lambda: process.poll() is None)
             process.wait()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -90,7 +91,7 @@ def torchserve(tmp: Path, store: Path, timeout: float = 300) -> Iterator[Target]
             "torchserve",
             server.inference,
             server.keys()["inference"],
-            processes=lambda: [server.pid, *serve._children(server.pid)],
+            processes=lambda: [server.pid, *serve.children_of(server.pid)],
             kill=lambda: _kill_worker(server),
             log_bytes=lambda: _bytes(list((server.workdir / "logs").glob("*"))),
         )
@@ -110,14 +111,14 @@ class Container:
         self.restarts: list[dict] = []
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self.process = self._launch()
+        self.process = self._start()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
         self._watcher.start()
 
-    def _launch(self):
+    def _start(self) -> subprocess.Popen:
         with self.log.open("a") as log:
-            process = serve_kserve._launch(self.mar, self.port, log)
-        serve_kserve._wait_ready(self.url, process, self.timeout, self.log)
+            process = serve_kserve.launch(self.mar, self.port, log)
+        serve_kserve.wait_ready(self.url, process, self.timeout, self.log)
         return process
 
     def _watch(self) -> None:
@@ -128,7 +129,7 @@ class Container:
             with self._lock:
                 if self._stopping.is_set():
                     return
-                self.process = self._launch()
+                self.process = self._start()
             self.restarts.append({"died": died, "ready_s": round(time.time() - died, 2), "pid": self.process.pid})
 
     def kill(self) -> int:
@@ -137,13 +138,13 @@ class Container:
         return pid
 
     def pids(self) -> list[int]:
-        return [self.process.pid, *serve._children(self.process.pid)]
+        return [self.process.pid, *serve.children_of(self.process.pid)]
 
     def stop(self) -> None:
         self._stopping.set()
         with self._lock:
             if self.process.poll() is None:
-                serve_kserve._stop_group(self.process.pid, lambda: self.process.poll() is None)
+                serve_kserve.stop_group(self.process.pid, lambda: self.process.poll() is None)
             self.process.wait()
         self._watcher.join(timeout=10)
 

@@ -317,13 +317,10 @@ def _convolutions_round_copies_alike():
     column block, came out 4 ulps above its copies at windows 0 and 6; at 24 tokens wide, no copy
     differed. The max-pool then sees one winner where the copies tie, and the CPU, not the tie
     rule, decides which copy Captum credits. Another CPU's kernels may round copies alike."""
-    conv1d, conv2d = F.conv1d, F.conv2d
-    F.conv1d = _copies_alike(conv1d, lambda x, fs: x.unfold(2, fs, 1).transpose(1, 2).flatten(2))  # [N, E, T]
-    F.conv2d = _copies_alike(conv2d, lambda x, fs: x.squeeze(1).unfold(1, fs, 1).flatten(2))  # [N, 1, T, E]
-    try:
-        yield
-    finally:
-        F.conv1d, F.conv2d = conv1d, conv2d
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(F, "conv1d", _copies_alike(F.conv1d, lambda x, fs: x.unfold(2, fs, 1).transpose(1, 2).flatten(2)))
+        patch.setattr(F, "conv2d", _copies_alike(F.conv2d, lambda x, fs: x.squeeze(1).unfold(1, fs, 1).flatten(2)))
+        yield  # conv1d's input [N, E, T], conv2d's [N, 1, T, E]
 
 
 @pytest.mark.parametrize("method", ["gausslegendre", "riemann_left", "riemann_trapezoid"])

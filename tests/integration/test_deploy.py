@@ -384,7 +384,7 @@ def management_auth(home: Path) -> dict[str, str]:
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop the foreground JVM and its Python workers by pid."""
-    pids = [proc.pid, *serve._children(proc.pid)]
+    pids = [proc.pid, *serve.children_of(proc.pid)]
     for pid in pids:
         serve._signal(pid, signal.SIGTERM)
     try:
@@ -429,7 +429,7 @@ def test_model_snapshot_registers_imdb_sentiment_with_its_batch_settings(runtime
     models = Path(runtime["models"])
     assert not any(p.stat().st_mode & 0o222 for p in [models, *models.rglob("*")])
     if as_non_root():
-        owners = {Path(f"/proc/{pid}").stat().st_uid for pid in serve._children(os.getpid())}
+        owners = {Path(f"/proc/{pid}").stat().st_uid for pid in serve.children_of(os.getpid())}
         assert owners == {1000}, owners
 
 
